@@ -1,0 +1,1 @@
+"""One module per `kdrun` subcommand, each exposing `main(argv)`."""

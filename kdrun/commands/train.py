@@ -1,0 +1,189 @@
+"""`kdrun train`: compose the config with Hydra, run the pipeline, write the summary, print the table."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from kdrun import __version__
+from kdrun.cli import describe_config_error, fail, flags_first, full_errors_requested
+from kdrun.config import config_dir, register_schema
+from kdrun.errors import ConfigError, KdrunError
+
+RUN_RESULT_FILES = ("summary.json", "metrics.jsonl")
+SCAFFOLDING = {".hydra", "train.log", "metrics.jsonl"}  # what a run writes before any phase completes
+
+
+def main(arguments: list[str]) -> None:
+    """Hand the arguments to the Hydra app; composition errors become one-line `kdrun: error:`s."""
+    import hydra
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    if "KDRUN_USER_HYDRA_FULL_ERROR" not in os.environ:
+        os.environ["KDRUN_USER_HYDRA_FULL_ERROR"] = os.environ.get("HYDRA_FULL_ERROR", "")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us instead of printing them itself
+    register_schema()
+    if not OmegaConf.has_resolver("kdrun_suffix"):
+        OmegaConf.register_new_resolver("kdrun_suffix", run_dir_suffix)
+    app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(task)
+    sys.argv = ["kdrun train", *flags_first(arguments)]
+    try:
+        app()
+    except (HydraException, OmegaConfBaseException) as error:
+        if full_errors_requested():
+            raise
+        fail(describe_config_error(error), 2)
+
+
+def run_dir_suffix(override_dirname: str) -> str:
+    """`_T=10,method=basic` for the run dir name; '' without overrides. Slashes would nest folders."""
+    if not override_dirname:
+        return ""
+    return "_" + override_dirname.replace(os.sep, "_")[:120]
+
+
+def task(cfg: Any) -> None:
+    """The Hydra task: one run in its own directory. Exits non-zero (no traceback) on failure."""
+    from hydra.core.hydra_config import HydraConfig
+
+    run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
+    overrides = list(HydraConfig.get().overrides.task)
+    with run_logging(run_dir, cfg.trainer.progress) as (console, file_log, display):
+        try:
+            execute(cfg, run_dir, overrides, console, file_log, display)
+        except KdrunError as error:
+            if full_errors_requested():
+                raise
+            fail(error.one_line(), error.exit_code)
+
+
+def execute(cfg: Any, run_dir: Path, overrides: list[str], console: Any, file_log: Any, display: Any) -> None:
+    from kdrun.config import validate
+    from kdrun.display import print_results
+    from kdrun.training.pipeline import Run
+    from kdrun.training.run_files import MetricsLog, Observers
+
+    try:
+        validate(cfg)
+        ensure_fresh_run_dir(run_dir, cfg.resume)
+        epochs = {"teacher": cfg.teacher_epochs, "independent": cfg.student_epochs, "distilled": cfg.student_epochs}
+        run = Run(cfg, run_dir, Observers([MetricsLog(run_dir / "metrics.jsonl", epochs), display]))
+    except ConfigError:
+        discard_empty_run_dir(run_dir)  # bad input: leave nothing behind that looks like a run
+        raise
+    started = datetime.datetime.now().astimezone()
+    try:
+        run.execute()
+    except ConfigError:
+        if not run.phases:  # bad input found while loading (data root, checkpoint): nothing to keep
+            discard_empty_run_dir(run_dir)
+            raise
+        write_summary(run, overrides, started, "failed", sys.exc_info()[1].one_line())
+        raise
+    except KdrunError as error:
+        write_summary(run, overrides, started, "failed", error.one_line())
+        raise
+    except KeyboardInterrupt:
+        write_summary(run, overrides, started, "interrupted", "interrupted by the user (Ctrl-C)")
+        fail("interrupted; partial results are in " + str(run_dir), 130)
+    summary = write_summary(run, overrides, started, "completed")
+    print_results(summary, run_dir, console_stdout(), file_log)
+
+
+def write_summary(run: Any, overrides: list[str], started: Any, status: str, error: str | None = None) -> dict:
+    """summary.json, written last and atomically: its presence and `status` say how the run ended."""
+    import torch
+
+    from kdrun.files import write_json_atomic
+    from kdrun.training.run_files import gap_recovered
+
+    data = run.data
+    summary: dict[str, Any] = {
+        "status": status,
+        **({"error": error} if error else {}),
+        "run_dir": str(run.run_dir),
+        "device": str(run.device),
+        "seed": run.cfg.seed,
+        "overrides": overrides,
+        "dataset": {
+            "name": run.cfg.dataset.name,
+            **(
+                {"train": len(data.train), "val": len(data.val), "test": len(data.test), "classes": data.class_names}
+                if data is not None
+                else {}
+            ),
+        },
+        "phases": run.phases,
+        "gap_recovered": gap_recovered(run.phases),
+        "started": started.isoformat(timespec="seconds"),
+        "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "versions": {"kdrun": __version__, "torch": torch.__version__},
+    }
+    write_json_atomic(run.run_dir / "summary.json", summary)
+    return summary
+
+
+def ensure_fresh_run_dir(run_dir: Path, resume: bool) -> None:
+    """Never mix two runs in one directory (nor overwrite a finished one)."""
+    if resume:
+        raise ConfigError("resume=true is not supported yet", "start a new run without resume")
+    for name in RUN_RESULT_FILES:
+        if (run_dir / name).exists():
+            raise ConfigError(f"{run_dir} already holds a run ({name})", "pick another hydra.run.dir")
+
+
+def discard_empty_run_dir(run_dir: Path) -> None:
+    """Remove a run dir that holds only what Hydra and this process just put there."""
+    leftovers = {path.name for path in run_dir.iterdir()} if run_dir.is_dir() else set()
+    if leftovers <= SCAFFOLDING:
+        logging.shutdown()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def console_stdout() -> Any:
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=110)  # logs and pipes: don't squeeze to 80
+
+
+class run_logging:
+    """Context: the `kdrun` logger prints through rich (stderr) and into <run_dir>/train.log."""
+
+    def __init__(self, run_dir: Path, progress: bool) -> None:
+        self.run_dir = run_dir
+        self.progress = progress
+
+    def __enter__(self) -> tuple[Any, logging.Logger, Any]:
+        from rich.console import Console
+
+        from kdrun.display import ConsoleLogHandler, ProgressDisplay
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        console = Console(stderr=True)
+        self.file_handler = logging.FileHandler(self.run_dir / "train.log", encoding="utf-8")
+        self.file_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        self.console_handler = ConsoleLogHandler(console)
+        self.logger = logging.getLogger("kdrun")
+        self.logger.setLevel(logging.INFO)
+        self.logger.propagate = False
+        self.logger.addHandler(self.file_handler)
+        self.logger.addHandler(self.console_handler)
+        self.file_log = logging.getLogger("kdrun_file")  # train.log only (e.g. the plain-text table)
+        self.file_log.setLevel(logging.INFO)
+        self.file_log.propagate = False
+        self.file_log.addHandler(self.file_handler)
+        return console, self.file_log, ProgressDisplay(console, self.progress)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        for logger in (self.logger, self.file_log):
+            logger.removeHandler(self.file_handler)
+        self.logger.removeHandler(self.console_handler)
+        self.file_handler.close()

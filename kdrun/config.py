@@ -1,0 +1,109 @@
+"""The typed root schema, where conf/ lives, and the range checks a schema cannot express.
+
+The schema is registered in Hydra's ConfigStore and listed first in conf/config.yaml, so wrong
+types (`T=abc`) and typos in root keys fail at composition, also under `--cfg job`. Group contents
+(dataset, teacher, student, method) are free-form here: each registry checks its own options.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from kdrun.errors import ConfigError
+
+SCHEMA_NAME = "kdrun_schema"
+
+
+@dataclass
+class TrainerSchema:
+    eval_batch_size: int = MISSING
+    progress: bool = MISSING
+
+
+@dataclass
+class RootSchema:
+    dataset: Any = MISSING
+    teacher: Any = MISSING
+    student: Any = MISSING
+    method: Any = MISSING
+    optimizer: Any = MISSING
+    scheduler: Any = None
+    T: float = MISSING
+    alpha: float = MISSING
+    seed: int = MISSING
+    device: str = MISSING
+    teacher_epochs: int = MISSING
+    student_epochs: int = MISSING
+    batch_size: int = MISSING
+    lr: float = MISSING
+    independent: bool = MISSING
+    cache_dir: str = MISSING
+    resume: bool = MISSING
+    trainer: TrainerSchema = field(default_factory=TrainerSchema)
+
+
+def register_schema() -> None:
+    """Put the root schema into Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=RootSchema)
+
+
+def config_dir() -> Path:
+    """Absolute path of conf/: shipped inside the wheel as kdrun/conf, else the repo's top-level conf/."""
+    packaged = Path(__file__).resolve().parent / "conf"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "conf"
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject values that are well-typed but meaningless, before anything is trained or written.
+
+    Raises:
+        ConfigError: naming the key, the value and the valid range.
+    """
+    _reject_unknown_root_keys(cfg)
+    _check(cfg.T > 0, f"T={cfg.T} must be > 0", "the temperature divides the logits; try T=4")
+    _check(0 <= cfg.alpha <= 1, f"alpha={cfg.alpha} is outside [0, 1]", "alpha is a weight; try alpha=0.5")
+    for key in ("teacher_epochs", "student_epochs"):
+        _check(cfg[key] >= 0, f"{key}={cfg[key]} is negative", f"use {key}=0 or more")
+    _check(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} must be >= 1", "try batch_size=32")
+    _check(
+        cfg.trainer.eval_batch_size >= 1,
+        f"trainer.eval_batch_size={cfg.trainer.eval_batch_size} must be >= 1",
+        "try trainer.eval_batch_size=1024",
+    )
+    _check(cfg.lr > 0, f"lr={cfg.lr} must be > 0", "try lr=0.001")
+    for group in ("dataset", "teacher", "student", "method"):
+        _check(
+            isinstance(cfg[group], DictConfig) and "name" in cfg[group],
+            f"config group '{group}' has no 'name'",
+            f"pick one with {group}=<option>",
+        )
+
+
+def _check(condition: bool, message: str, hint: str) -> None:
+    if not condition:
+        raise ConfigError(message, hint)
+
+
+def _reject_unknown_root_keys(cfg: DictConfig) -> None:
+    """`+foo=1` slips past the composed schema; merging into the schema again catches it."""
+    from omegaconf.errors import ConfigKeyError
+
+    plain = OmegaConf.masked_copy(cfg, [key for key in cfg.keys() if key != "hydra"])
+    try:
+        OmegaConf.merge(OmegaConf.structured(RootSchema), plain)
+    except ConfigKeyError as error:
+        key = getattr(error, "key", None) or str(error).split("'")[1]
+        raise ConfigError(f"unknown config key '{key}'", "see `kdrun train --cfg job` for the valid keys") from None
+
+
+def optional_path(value: Optional[str]) -> Optional[Path]:
+    """A config path value as an absolute Path, or None when unset."""
+    return None if value in (None, "") else Path(str(value)).expanduser().resolve()

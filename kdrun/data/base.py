@@ -1,0 +1,123 @@
+"""What every dataset builder returns, and the generic train/val/test split applied after it.
+
+Datasets that fit in memory are held as uint8 tensors (N, C, H, W): 4x smaller than float32 and
+normalised per batch on the device (see batches.py). Builders only load the official train/test
+data; carving validation, trimming and statistics happen here, the same way for every dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from kdrun.errors import ConfigError
+
+
+@dataclass
+class LoadedDataset:
+    """A dataset as a builder loads it: official train and test parts, uint8 (N, C, H, W)."""
+
+    name: str
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    class_names: list[str]
+
+
+@dataclass
+class Split:
+    """One part of the data: uint8 images (N, C, H, W), int64 labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class DataSplits:
+    """Train / val / test plus what models and normalisation need to know about the data."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    class_names: list[str]
+    mean: list[float]   # per channel, on the [0, 1] scale, from the training split
+    std: list[float]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        channels, height, width = self.train.images.shape[1:]
+        return int(channels), int(height), int(width)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def fingerprint(self) -> str:
+        """Content hash of train + val (what a teacher learns from and is selected on)."""
+        digest = hashlib.sha256()
+        for part in (self.train, self.val):
+            digest.update(part.images.contiguous().numpy().tobytes())
+            digest.update(part.labels.contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+
+def stratified_partition(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (kept, held_out) with `fraction` of every class held out, deterministic in `seed`.
+
+    Per-class rounding keeps class proportions in both parts, so a small validation split is not
+    missing a class by chance.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    kept, held_out = [], []
+    for label in torch.unique(labels):
+        members = torch.nonzero(labels == label).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        count = int(round(fraction * len(members)))
+        held_out.append(members[:count])
+        kept.append(members[count:])
+    return torch.sort(torch.cat(kept)).values, torch.sort(torch.cat(held_out)).values
+
+
+def make_splits(loaded: LoadedDataset, val_fraction: float, max_train_samples: int | None, seed: int) -> DataSplits:
+    """Carve a stratified validation split from train, optionally trim train, and compute statistics.
+
+    Raises:
+        ConfigError: for fractions outside [0, 1) or a trim that leaves nothing.
+    """
+    if not 0 <= val_fraction < 1:
+        raise ConfigError(f"dataset.val_fraction={val_fraction} is outside [0, 1)", "try dataset.val_fraction=0.1")
+    if len(loaded.train_labels) == 0 or len(loaded.test_labels) == 0:
+        raise ConfigError(f"dataset '{loaded.name}' has no images in its train or test part", "check dataset.root")
+    kept, held_out = stratified_partition(loaded.train_labels, val_fraction, seed)
+    if max_train_samples is not None:
+        if max_train_samples < 1:
+            raise ConfigError(f"dataset.max_train_samples={max_train_samples} must be >= 1", "or null for all")
+        order = torch.randperm(len(kept), generator=torch.Generator().manual_seed(seed + 1))
+        kept = torch.sort(kept[order[:max_train_samples]]).values
+    train = Split(loaded.train_images[kept], loaded.train_labels[kept])
+    val = Split(loaded.train_images[held_out], loaded.train_labels[held_out])
+    test = Split(loaded.test_images, loaded.test_labels)
+    mean, std = channel_statistics(train.images)
+    return DataSplits(loaded.name, train, val, test, loaded.class_names, mean, std)
+
+
+def channel_statistics(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std on the [0, 1] scale, computed in chunks to avoid a float copy of all data."""
+    channels = images.shape[1]
+    total = torch.zeros(channels, dtype=torch.float64)
+    total_squares = torch.zeros(channels, dtype=torch.float64)
+    for chunk in images.split(4096):
+        values = chunk.to(torch.float64).div_(255).transpose(0, 1).reshape(channels, -1)
+        total += values.sum(dim=1)
+        total_squares += (values**2).sum(dim=1)
+    count = images.numel() / channels
+    mean = total / count
+    std = (total_squares / count - mean**2).clamp_min(1e-12).sqrt()
+    return mean.tolist(), std.tolist()

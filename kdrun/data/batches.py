@@ -1,0 +1,67 @@
+"""Batching by index from tensors already in memory (on the training device).
+
+For data that fits in memory this replaces a per-sample DataLoader: one uint8 copy lives on the
+device, each batch is gathered by index and normalised there. Every batch carries the sample
+indices, so anything cached per sample (e.g. teacher logits) is looked up by index, never by
+batch position (the bug in recipe R3).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple
+
+import torch
+
+from kdrun.data.base import Split
+
+
+class Batch(NamedTuple):
+    inputs: torch.Tensor   # (B, C, H, W) float, normalised
+    targets: torch.Tensor  # (B,) int64
+    indices: torch.Tensor  # (B,) int64, positions in the split
+
+
+class InMemoryBatches:
+    """An iterable of Batches over one split; reshuffled every epoch from its own seeded generator."""
+
+    def __init__(
+        self,
+        split: Split,
+        mean: list[float],
+        std: list[float],
+        batch_size: int,
+        device: torch.device,
+        shuffle: bool,
+        seed: int = 0,
+    ) -> None:
+        self.images = split.images.to(device)
+        self.labels = split.labels.to(device)
+        self.batch_size = batch_size
+        self.device = device
+        self.shuffle = shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+        # Folding /255 into the affine transform: x_norm = x_uint8 * scale + shift (one fused op).
+        std_tensor = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        mean_tensor = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_tensor)
+        self.shift = -mean_tensor / std_tensor
+
+    def __len__(self) -> int:
+        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.labels)
+
+    def __iter__(self) -> Iterator[Batch]:
+        count = len(self.labels)
+        if self.shuffle:
+            order = torch.randperm(count, generator=self.generator).to(self.device)
+        else:
+            order = torch.arange(count, device=self.device)
+        for start in range(0, count, self.batch_size):
+            indices = order[start : start + self.batch_size]
+            yield Batch(self.normalise(self.images[indices]), self.labels[indices], indices)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.addcmul(self.shift, images.float(), self.scale)

@@ -1,0 +1,97 @@
+"""What a person sees: rich progress bars in a terminal, log lines, and the final results table.
+
+Only the CLI uses this module; library code reports through `logging` and PhaseObserver events.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from kdrun.training.loop import EpochRecord
+
+PHASE_LABELS = {"teacher": "teacher", "independent": "independent", "distilled": "distilled"}
+
+
+class ConsoleLogHandler(logging.Handler):
+    """Log records printed through the rich console, so they appear above live progress bars."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__(logging.INFO)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        self.console.print(prefix + record.getMessage(), markup=False, highlight=False, soft_wrap=True)
+
+
+class ProgressDisplay:
+    """A progress bar per phase when stderr is a terminal; nothing otherwise (log lines suffice)."""
+
+    def __init__(self, console: Console, enabled: bool) -> None:
+        self.enabled = enabled and console.is_terminal
+        self.progress = Progress(
+            TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TimeRemainingColumn(), console=console, transient=True, disable=not self.enabled,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def phase_started(self, phase: str, epochs: int, steps_per_epoch: int) -> None:
+        if self.enabled:
+            self.progress.start()
+            self.tasks[phase] = self.progress.add_task(PHASE_LABELS.get(phase, phase), total=epochs * steps_per_epoch)
+
+    def step_done(self, phase: str) -> None:
+        if self.enabled:
+            self.progress.advance(self.tasks[phase])
+
+    def epoch_done(self, record: EpochRecord) -> None:
+        pass
+
+    def phase_done(self, phase: str) -> None:
+        if self.enabled:
+            self.progress.remove_task(self.tasks.pop(phase))
+            self.progress.stop()
+
+
+def results_table(summary: dict[str, Any]) -> Table:
+    """Teacher / independent / distilled: test accuracy (best-val weights and last epoch), size, time."""
+    table = Table(title=f"kdrun: {summary.get('dataset', {}).get('name', '')} ({summary['status']})", title_justify="left")
+    for column in ("phase", "source", "test acc", "last epoch", "best epoch", "params", "time"):
+        table.add_column(column, justify="left" if column in ("phase", "source") else "right", no_wrap=True)
+    for phase, result in summary["phases"].items():
+        table.add_row(
+            PHASE_LABELS.get(phase, phase),
+            result["source"],
+            f"{result['test_acc']:.4f}",
+            f"{result['test_acc_last']:.4f}",
+            "-" if result.get("best_epoch") is None else str(result["best_epoch"]),
+            f"{result['params']:,}",
+            f"{result['seconds']:.1f}s",
+        )
+    gap = summary.get("gap_recovered")
+    distilled = summary["phases"].get("distilled", {})
+    method = f"method {distilled['method']}, T={distilled['T']:g}, alpha={distilled['alpha']:g}; " if distilled else ""
+    table.caption = (
+        f"test acc: best-validation weights. {method}gap recovered: "
+        + ("n/a" if gap is None else f"{gap:.2f}")
+        + " = (distilled - independent) / (teacher - independent)"
+    )
+    table.caption_justify = "left"
+    return table
+
+
+def print_results(summary: dict[str, Any], run_dir: Path, console: Console, file_log: logging.Logger) -> None:
+    """Print the table to stdout and its plain-text form into train.log."""
+    table = results_table(summary)
+    console.print(table)
+    console.print(f"run dir: {run_dir}", markup=False, highlight=False, soft_wrap=True)
+    plain = Console(file=io.StringIO(), width=110, color_system=None, legacy_windows=False)
+    plain.print(table)
+    file_log.info("%s\nrun dir: %s", plain.file.getvalue().rstrip(), run_dir)

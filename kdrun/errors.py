@@ -1,0 +1,35 @@
+"""The two kinds of failure a user can meet, each with a fix.
+
+Library code raises these at the boundary where the problem is detected; only `kdrun.cli`
+catches them, prints `kdrun: error: <message> (<hint>)` and exits with `exit_code`.
+"""
+
+from __future__ import annotations
+
+
+class KdrunError(Exception):
+    """A failure we can explain in one line, with what to do about it."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        """The text after `kdrun: error: ` — newlines folded so it stays one line."""
+        text = self.message if not self.hint else f"{self.message} ({self.hint})"
+        return " ".join(text.split())
+
+
+class ConfigError(KdrunError):
+    """Bad input: config, overrides, paths or files the user gave us. Exit code 2."""
+
+    exit_code = 2
+
+
+class RunError(KdrunError):
+    """The run started but could not complete (e.g. loss became NaN). Exit code 1."""
+
+    exit_code = 1

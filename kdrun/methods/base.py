@@ -1,0 +1,65 @@
+"""What every training objective shares: named, weighted loss terms, and a frozen teacher.
+
+An Objective computes, for one batch, the model's logits and a dict of loss terms that are already
+weighted, so the training loop can sum them for the gradient and log each under its own name (the
+logged terms add up to the total). Objectives are nn.Modules so that any trainable extras a method
+needs (adapters, regressors) are optimised with the student; the teacher is deliberately NOT a
+registered submodule, so it never reaches the optimizer or `.train()`.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from kdrun.data.batches import Batch
+
+
+class StepOutput(NamedTuple):
+    logits: torch.Tensor           # (B, classes), used for training accuracy
+    terms: dict[str, torch.Tensor]  # weighted scalar terms; their sum is the loss
+
+
+class Objective(nn.Module):
+    """Base class: subclasses implement `forward(model, batch) -> StepOutput`."""
+
+    #: the temperature in effect, logged with every epoch (None for objectives without one)
+    temperature: float | None = None
+
+    def forward(self, model: nn.Module, batch: Batch) -> StepOutput:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """The loss as a formula, for logs and docs."""
+        return type(self).__name__
+
+
+class CrossEntropy(Objective):
+    """Plain supervised training (teacher and independent student): CE(model(x), y)."""
+
+    def forward(self, model: nn.Module, batch: Batch) -> StepOutput:
+        logits = model(batch.inputs)
+        return StepOutput(logits, {"ce": nn.functional.cross_entropy(logits, batch.targets)})
+
+    def describe(self) -> str:
+        return "ce"
+
+
+class FrozenTeacher:
+    """A trained teacher used only for inference: eval mode, no gradients, never optimised.
+
+    Not an nn.Module on purpose: held by an Objective it stays out of `parameters()` and `train()`.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model.eval().requires_grad_(False)
+        for parameter in self.model.parameters():
+            parameter.grad = None  # gradients left from the teacher's own training: drop them (and their memory)
+
+    def logits(self, batch: Batch) -> torch.Tensor:
+        """Teacher logits (B, classes) for the batch, outside autograd."""
+        with torch.inference_mode():
+            logits = self.model(batch.inputs)
+        return logits.clone()  # a normal tensor, usable inside the student's autograd graph

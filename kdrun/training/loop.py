@@ -1,0 +1,170 @@
+"""THE training loop: teacher, independent student and distilled student all go through train_phase.
+
+Phases differ only in their Objective (plain CE or a distillation method) and their model. Per-step
+values stay on the device and are read once per epoch, so the loop never waits on the device
+inside an epoch. Model selection uses the validation split; the test split is touched only after
+training, once for the best-validation weights and once for the last epoch's.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable, Optional, Protocol
+
+import torch
+from torch import nn
+
+from kdrun.data.batches import InMemoryBatches
+from kdrun.errors import RunError
+from kdrun.methods.base import Objective
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+SchedulerFactory = Optional[Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]]
+
+
+@dataclass
+class EpochRecord:
+    """One line of metrics.jsonl."""
+
+    phase: str
+    epoch: int
+    loss: dict[str, float]
+    train_acc: float
+    val_acc: float
+    lr: float
+    T: Optional[float]
+    samples_per_s: float
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class PhaseResult:
+    """What a phase achieved; `history` holds every epoch's record."""
+
+    best_epoch: int
+    best_val_acc: float
+    test_acc: float
+    test_acc_last: float
+    seconds: float
+    history: list[EpochRecord] = field(default_factory=list)
+
+
+class PhaseObserver(Protocol):
+    """Receives progress events (display, metrics file); must not change training."""
+
+    def phase_started(self, phase: str, epochs: int, steps_per_epoch: int) -> None: ...
+    def step_done(self, phase: str) -> None: ...
+    def epoch_done(self, record: EpochRecord) -> None: ...
+    def phase_done(self, phase: str) -> None: ...
+
+
+@dataclass
+class PhaseSettings:
+    epochs: int
+    make_optimizer: OptimizerFactory
+    make_scheduler: SchedulerFactory = None
+
+
+def train_phase(
+    phase: str,
+    model: nn.Module,
+    objective: Objective,
+    train_batches: InMemoryBatches,
+    val_batches: InMemoryBatches,
+    test_batches: InMemoryBatches,
+    settings: PhaseSettings,
+    observer: PhaseObserver,
+) -> PhaseResult:
+    """Train `model` under `objective` for settings.epochs epochs; keep and test the best-val weights.
+
+    The objective's own parameters (adapters, regressors) are optimised with the model.
+
+    Raises:
+        RunError: when the loss stops being finite (the phase cannot produce a usable model).
+    """
+    started = time.perf_counter()
+    optimizer = settings.make_optimizer(list(model.parameters()) + list(objective.parameters()))
+    scheduler = settings.make_scheduler(optimizer) if settings.make_scheduler else None
+    observer.phase_started(phase, settings.epochs, len(train_batches))
+    best_state, best_epoch = copy.deepcopy(model.state_dict()), 0
+    best_val_acc = evaluate(model, val_batches) if settings.epochs == 0 else -1.0
+    history = []
+    for epoch in range(1, settings.epochs + 1):
+        record = _train_one_epoch(phase, epoch, model, objective, optimizer, train_batches, observer)
+        record.val_acc = evaluate(model, val_batches)
+        if scheduler is not None:
+            scheduler.step()
+        history.append(record)
+        observer.epoch_done(record)
+        if record.val_acc > best_val_acc:
+            best_val_acc, best_epoch = record.val_acc, epoch
+            best_state = copy.deepcopy(model.state_dict())
+    test_acc_last = evaluate(model, test_batches)
+    model.load_state_dict(best_state)
+    test_acc = evaluate(model, test_batches)
+    observer.phase_done(phase)
+    return PhaseResult(best_epoch, best_val_acc, test_acc, test_acc_last, time.perf_counter() - started, history)
+
+
+def _train_one_epoch(
+    phase: str,
+    epoch: int,
+    model: nn.Module,
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    batches: InMemoryBatches,
+    observer: PhaseObserver,
+) -> EpochRecord:
+    """One pass over the training split; per-term sums and correct counts accumulate on the device."""
+    started = time.perf_counter()
+    model.train()
+    objective.train()
+    term_sums: dict[str, torch.Tensor] = {}
+    correct = torch.zeros((), dtype=torch.int64, device=batches.device)
+    lr = optimizer.param_groups[0]["lr"]
+    for batch in batches:
+        logits, terms = objective(model, batch)
+        loss = sum(terms.values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        size = len(batch.targets)
+        for name, value in terms.items():
+            term_sums[name] = term_sums.get(name, 0) + value.detach() * size
+        correct += (logits.detach().argmax(dim=1) == batch.targets).sum()
+        observer.step_done(phase)
+    samples = batches.num_samples
+    loss_means = {name: float(total) / samples for name, total in term_sums.items()}  # one sync per epoch
+    if not all(math.isfinite(value) for value in loss_means.values()):
+        raise RunError(
+            f"{phase} loss became {loss_means} in epoch {epoch}",
+            "lower lr, or check the data for NaN/Inf",
+        )
+    seconds = time.perf_counter() - started
+    return EpochRecord(
+        phase=phase,
+        epoch=epoch,
+        loss=loss_means,
+        train_acc=float(correct) / samples,
+        val_acc=float("nan"),
+        lr=lr,
+        T=objective.temperature,
+        samples_per_s=samples / seconds if seconds > 0 else float("inf"),
+        seconds=seconds,
+    )
+
+
+def evaluate(model: nn.Module, batches: InMemoryBatches) -> float:
+    """Accuracy on a split, in eval mode without autograd (so large batches are cheap)."""
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=batches.device)
+    with torch.inference_mode():
+        for batch in batches:
+            correct += (model(batch.inputs).argmax(dim=1) == batch.targets).sum()
+    return float(correct) / max(batches.num_samples, 1)

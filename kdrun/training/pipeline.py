@@ -1,0 +1,206 @@
+"""One run, top to bottom: data, teacher (checkpoint, cache or trained), independent, distilled.
+
+This is where the DictConfig stops: everything below gets plain values.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from kdrun.data import DATASETS, DataSplits, make_splits
+from kdrun.data.batches import InMemoryBatches
+from kdrun.errors import ConfigError
+from kdrun.files import load_weights, save_weights
+from kdrun.methods import METHODS, CrossEntropy, FrozenTeacher, Objective
+from kdrun.models import build_model, check_output, count_parameters
+from kdrun.training.device import resolve_device
+from kdrun.training.loop import PhaseObserver, PhaseResult, PhaseSettings, evaluate, train_phase
+from kdrun.training.teacher_cache import TeacherCache, cache_key
+
+log = logging.getLogger("kdrun")
+
+GENERIC_DATASET_KEYS = ("name", "val_fraction", "max_train_samples")
+
+
+class Run:
+    """A run in progress: the config, where it writes, and the phase summaries filled in as they finish."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, observer: PhaseObserver) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.observer = observer
+        self.device = resolve_device(cfg.device)
+        self.phases: dict[str, dict[str, Any]] = {}
+        self.data: DataSplits | None = None
+
+    def execute(self) -> None:
+        """Teacher -> independent student -> distilled student; results land in self.phases."""
+        cfg = self.cfg
+        self.data = load_data(cfg.dataset, cfg.seed)
+        log.info(
+            "data: %s, %d train / %d val / %d test, input %s, %d classes, device %s",
+            self.data.name, len(self.data.train), len(self.data.val), len(self.data.test),
+            self.data.input_shape, self.data.num_classes, self.device,
+        )
+        self.splits = {name: getattr(self.data, name) for name in ("train", "val", "test")}
+        self.check_configuration()
+        teacher = self.obtain_teacher()
+        if cfg.independent:
+            self.train_student("independent", CrossEntropy())
+        method = self.build_method(teacher)
+        log.info("distillation loss: %s", method.describe())
+        self.train_student("distilled", method, extra={"method": cfg.method.name, "T": cfg.T, "alpha": cfg.alpha})
+
+    def check_configuration(self) -> None:
+        """Build the models and the method once, untrained, so config mistakes surface before any training."""
+        teacher = self.new_model(self.cfg.teacher)
+        self.new_model(self.cfg.student)
+        self.build_method(teacher)
+
+    def build_method(self, teacher: nn.Module) -> Objective:
+        options = plain(self.cfg.method)
+        return METHODS.build(options.pop("name"), FrozenTeacher(teacher), self.cfg.T, self.cfg.alpha, **options)
+
+    # -- teacher ------------------------------------------------------------------------------------
+    def obtain_teacher(self) -> nn.Module:
+        """The teacher from `teacher.checkpoint`, else from the cache, else trained and cached."""
+        cfg = self.cfg
+        options = plain(cfg.teacher)
+        checkpoint = options.pop("checkpoint", None)
+        name = options.pop("name")
+        torch.manual_seed(cfg.seed)
+        teacher = self.new_model(cfg.teacher)
+        if checkpoint:
+            return self.load_checkpoint_teacher(teacher, Path(checkpoint).expanduser().resolve())
+        cache = TeacherCache(Path(cfg.cache_dir).expanduser().resolve())
+        identity = self.teacher_identity(name, options)
+        entry = cache.entry(name, cache_key(identity))
+        with cache.locked(entry):
+            started = time.perf_counter()
+            meta = cache.load(entry, teacher)
+            if meta is not None:
+                log.info("teacher: loaded from cache %s", entry)
+                self.phases["teacher"] = {
+                    **meta["result"],
+                    "source": "cache",
+                    "test_acc": self.test_accuracy(teacher),
+                    "seconds": time.perf_counter() - started,
+                    "train_seconds": meta["result"]["seconds"],
+                    "weights": str(entry / "weights.safetensors"),
+                }
+                return teacher
+            result = self.train("teacher", teacher, CrossEntropy(), cfg.teacher_epochs)
+            summary = phase_summary(result, teacher, source="trained")
+            cache.store(entry, teacher, {"identity": identity, "result": summary})
+            log.info("teacher: trained and stored in cache %s", entry)
+        self.phases["teacher"] = {**summary, "weights": str(entry / "weights.safetensors")}
+        return teacher
+
+    def load_checkpoint_teacher(self, teacher: nn.Module, path: Path) -> nn.Module:
+        started = time.perf_counter()
+        load_weights(path, teacher, "teacher.checkpoint")
+        val_acc = evaluate(teacher, self.batches("val"))
+        test_acc = self.test_accuracy(teacher)
+        log.info("teacher: loaded from checkpoint %s", path)
+        self.phases["teacher"] = {
+            "source": "checkpoint", "test_acc": test_acc, "test_acc_last": test_acc, "best_epoch": None,
+            "best_val_acc": val_acc, "params": count_parameters(teacher),
+            "seconds": time.perf_counter() - started, "weights": str(path),
+        }
+        return teacher
+
+    def teacher_identity(self, name: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Everything that determines a trained teacher; its hash is the cache key."""
+        cfg = self.cfg
+        return {
+            "data": {"name": self.data.name, "fingerprint": self.data.fingerprint(), "classes": self.data.class_names},
+            "model": {"name": name, **options},
+            "training": {
+                "epochs": cfg.teacher_epochs,
+                "batch_size": cfg.batch_size,
+                "optimizer": plain(cfg.optimizer),
+                "scheduler": plain(cfg.scheduler) if cfg.scheduler is not None else None,
+            },
+            "seed": cfg.seed,
+        }
+
+    # -- students -----------------------------------------------------------------------------------
+    def train_student(self, phase: str, objective: Objective, extra: dict[str, Any] | None = None) -> None:
+        """Both students start from the same seed: same initial weights, same batch order."""
+        name = self.cfg.student.name
+        torch.manual_seed(self.cfg.seed)
+        student = self.new_model(self.cfg.student)
+        result = self.train(phase, student, objective, self.cfg.student_epochs)
+        weights = self.run_dir / f"{phase}.safetensors"
+        save_weights(weights, student, {"phase": phase, "model": name})
+        self.phases[phase] = {**phase_summary(result, student, source="trained"), **(extra or {}), "weights": str(weights)}
+
+    # -- shared helpers -----------------------------------------------------------------------------
+    def new_model(self, model_cfg: DictConfig) -> nn.Module:
+        """A fresh model from a teacher/student config group, sized for this dataset."""
+        options = plain(model_cfg)
+        options.pop("checkpoint", None)  # where a teacher's weights come from, not an architecture option
+        model = build_model(options.pop("name"), self.data.input_shape, self.data.num_classes, **options)
+        check_output(model, self.data.input_shape, self.data.num_classes)
+        return model.to(self.device)
+
+    def train(self, phase: str, model: nn.Module, objective: Objective, epochs: int) -> PhaseResult:
+        cfg = self.cfg
+        settings = PhaseSettings(epochs, make_factory(cfg.optimizer, "optimizer"), make_factory(cfg.scheduler, "scheduler"))
+        train_batches = self.batches("train", shuffle=True)
+        return train_phase(
+            phase, model, objective.to(self.device), train_batches, self.batches("val"), self.batches("test"),
+            settings, self.observer,
+        )
+
+    def batches(self, split: str, shuffle: bool = False) -> InMemoryBatches:
+        size = self.cfg.batch_size if shuffle else self.cfg.trainer.eval_batch_size
+        return InMemoryBatches(
+            self.splits[split], self.data.mean, self.data.std, size, self.device, shuffle, seed=self.cfg.seed
+        )
+
+    def test_accuracy(self, model: nn.Module) -> float:
+        return evaluate(model, self.batches("test"))
+
+
+def load_data(dataset_cfg: DictConfig, seed: int) -> DataSplits:
+    options = plain(dataset_cfg)
+    generic = {key: options.pop(key, None) for key in GENERIC_DATASET_KEYS}
+    loaded = DATASETS.build(generic["name"], seed, **options)
+    return make_splits(loaded, generic["val_fraction"] or 0.0, generic["max_train_samples"], seed)
+
+
+def phase_summary(result: PhaseResult, model: nn.Module, source: str) -> dict[str, Any]:
+    return {
+        "source": source,
+        "test_acc": result.test_acc,
+        "test_acc_last": result.test_acc_last,
+        "best_epoch": result.best_epoch,
+        "best_val_acc": result.best_val_acc,
+        "params": count_parameters(model),
+        "seconds": result.seconds,
+    }
+
+
+def make_factory(node: Any, what: str):
+    """Instantiate a `_partial_` optimizer/scheduler config into a factory; None stays None."""
+    if node is None:
+        return None
+    try:
+        return instantiate(node)
+    except Exception as error:  # noqa: BLE001 - Hydra wraps import and argument errors alike
+        reason = " ".join(str(error).split())[:200]
+        raise ConfigError(f"cannot build the {what} from its config ({reason})", f"check `{what}` in --cfg job") from None
+
+
+def plain(node: Any) -> dict[str, Any]:
+    """A config group as a plain, resolved dict (the boundary below which no DictConfig travels)."""
+    return dict(OmegaConf.to_container(node, resolve=True))

@@ -1,0 +1,75 @@
+"""Shared fixtures: running the CLI as a user types it, and tiny data in real on-disk formats."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Small budgets so each CLI run takes seconds on 2 CPU cores.
+TINY = ["teacher_epochs=2", "student_epochs=2", "trainer.progress=false"]
+
+
+def run_kdrun(*arguments: str, cwd: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m kdrun ...` in a subprocess (the same entry point as the `kdrun` script)."""
+    env = {key: value for key, value in os.environ.items() if key not in ("HYDRA_FULL_ERROR", "KDRUN_USER_HYDRA_FULL_ERROR")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra_env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "kdrun", *arguments], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture
+def kdrun_in(tmp_path: Path):
+    """Run kdrun with its run dir and teacher cache inside tmp_path; returns (result, run_dir)."""
+
+    def run(*arguments: str, run_name: str = "run") -> tuple[subprocess.CompletedProcess, Path]:
+        run_dir = tmp_path / run_name
+        result = run_kdrun(
+            "train", *arguments, f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path / 'cache'}", cwd=tmp_path
+        )
+        return result, run_dir
+
+    return run
+
+
+def read_summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write `array` (uint8) as a gzipped IDX file, header as in the MNIST spec."""
+    magic = (0x08 << 8) | array.ndim  # 0x08 = unsigned byte
+    header = magic.to_bytes(4, "big") + b"".join(size.to_bytes(4, "big") for size in array.shape)
+    with gzip.open(path, "wb") as stream:
+        stream.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def tiny_mnist(tmp_path: Path) -> Path:
+    """A 200 + 60 image MNIST in IDX .gz format: each class is a distinct bright square position."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for prefix, count in (("train", 200), ("t10k", 60)):
+        labels = np.arange(count) % 10
+        images = rng.integers(0, 40, size=(count, 28, 28))
+        for index, label in enumerate(labels):
+            row, column = divmod(int(label), 5)
+            images[index, 4 + row * 10 : 12 + row * 10, 2 + column * 5 : 6 + column * 5] = 250
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
