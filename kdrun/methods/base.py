@@ -31,6 +31,12 @@ class Objective(nn.Module):
     def forward(self, model: nn.Module, batch: Batch) -> StepOutput:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def begin_step(self, step: int, total_steps: int) -> None:
+        """Called by the loop before every training step (0-based, over the whole phase).
+
+        Schedules (e.g. a decaying temperature) update themselves here; the default does nothing.
+        """
+
     def describe(self) -> str:
         """The loss as a formula, for logs and docs."""
         return type(self).__name__

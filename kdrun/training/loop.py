@@ -96,7 +96,10 @@ def train_phase(
     best_val_acc = evaluate(model, val_batches) if settings.epochs == 0 else -1.0
     history = []
     for epoch in range(1, settings.epochs + 1):
-        record = _train_one_epoch(phase, epoch, model, objective, optimizer, train_batches, observer)
+        first_step = (epoch - 1) * len(train_batches)
+        record = _train_one_epoch(
+            phase, epoch, model, objective, optimizer, train_batches, observer, first_step, settings.epochs * len(train_batches)
+        )
         record.val_acc = evaluate(model, val_batches)
         if scheduler is not None:
             scheduler.step()
@@ -120,6 +123,8 @@ def _train_one_epoch(
     optimizer: torch.optim.Optimizer,
     batches: InMemoryBatches,
     observer: PhaseObserver,
+    first_step: int,
+    total_steps: int,
 ) -> EpochRecord:
     """One pass over the training split; per-term sums and correct counts accumulate on the device."""
     started = time.perf_counter()
@@ -128,7 +133,8 @@ def _train_one_epoch(
     term_sums: dict[str, torch.Tensor] = {}
     correct = torch.zeros((), dtype=torch.int64, device=batches.device)
     lr = optimizer.param_groups[0]["lr"]
-    for batch in batches:
+    for step, batch in enumerate(batches, start=first_step):
+        objective.begin_step(step, total_steps)
         logits, terms = objective(model, batch)
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
