@@ -22,6 +22,10 @@ SCHEMA_NAME = "kdrun_schema"
 class TrainerSchema:
     eval_batch_size: int = MISSING
     progress: bool = MISSING
+    cache_teacher_logits: bool = MISSING
+    precision: str = MISSING
+    channels_last: Any = MISSING
+    compile: bool = MISSING
 
 
 @dataclass

@@ -47,6 +47,24 @@ def save_weights(path: Path, model: nn.Module, metadata: dict[str, str] | None =
     return hashlib.sha256(data).hexdigest()
 
 
+def save_tensor(path: Path, name: str, tensor: torch.Tensor) -> None:
+    """One named tensor as safetensors, atomically (e.g. cached teacher logits)."""
+    from safetensors.torch import save
+
+    write_bytes_atomic(path, save({name: tensor.detach().cpu().contiguous()}))
+
+
+def load_tensor(path: Path, name: str) -> torch.Tensor | None:
+    """The named tensor from a safetensors file; None if the file is unreadable (callers recompute)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))[name]
+    except (SafetensorError, OSError, KeyError):
+        return None
+
+
 def load_weights(path: Path, model: nn.Module, what: str) -> None:
     """Load weights into `model`: safetensors, or a torch file read with weights_only=True.
 

@@ -9,7 +9,7 @@ registered submodule, so it never reaches the optimizer or `.train()`.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 import torch
 from torch import nn
@@ -57,15 +57,33 @@ class FrozenTeacher:
     """A trained teacher used only for inference: eval mode, no gradients, never optimised.
 
     Not an nn.Module on purpose: held by an Objective it stays out of `parameters()` and `train()`.
+    When the training inputs are deterministic (no random augmentation), `cache_logits` computes the
+    teacher's logits once per sample and later batches look them up BY SAMPLE INDEX (never by batch
+    position, the bug in recipe R3), which removes the teacher forward from every step.
     """
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model.eval().requires_grad_(False)
         for parameter in self.model.parameters():
             parameter.grad = None  # gradients left from the teacher's own training: drop them (and their memory)
+        self.cached_logits: torch.Tensor | None = None  # (N, classes), row i = training sample i
+
+    def cache_logits(self, batches: Iterable[Batch], num_samples: int) -> torch.Tensor:
+        """Run the teacher once over the training split (any order) and keep logits by sample index."""
+        cache: torch.Tensor | None = None
+        with torch.inference_mode():
+            for batch in batches:
+                logits = self.model(batch.inputs)
+                if cache is None:
+                    cache = torch.empty(num_samples, logits.shape[1], dtype=logits.dtype, device=logits.device)
+                cache[batch.indices] = logits
+        self.cached_logits = cache.clone() if cache is not None else None  # clone: a normal tensor, not an inference one
+        return self.cached_logits
 
     def logits(self, batch: Batch) -> torch.Tensor:
-        """Teacher logits (B, classes) for the batch, outside autograd."""
+        """Teacher logits (B, classes) for the batch, outside autograd (from the cache when present)."""
+        if self.cached_logits is not None:
+            return self.cached_logits[batch.indices]
         with torch.inference_mode():
             logits = self.model(batch.inputs)
         return logits.clone()  # a normal tensor, usable inside the student's autograd graph

@@ -20,6 +20,7 @@ from torch import nn
 from kdrun.data.batches import InMemoryBatches
 from kdrun.errors import RunError
 from kdrun.methods.base import Objective
+from kdrun.training.speed import SpeedSettings
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Optional[Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]]
@@ -69,6 +70,7 @@ class PhaseSettings:
     epochs: int
     make_optimizer: OptimizerFactory
     make_scheduler: SchedulerFactory = None
+    speed: SpeedSettings = SpeedSettings(None, "cpu", False, False)
 
 
 def train_phase(
@@ -91,6 +93,7 @@ def train_phase(
     started = time.perf_counter()
     optimizer = settings.make_optimizer(list(model.parameters()) + list(objective.parameters()))
     scheduler = settings.make_scheduler(optimizer) if settings.make_scheduler else None
+    scaler = settings.speed.gradient_scaler()
     observer.phase_started(phase, settings.epochs, len(train_batches))
     best_state, best_epoch = copy.deepcopy(model.state_dict()), 0
     best_val_acc = evaluate(model, val_batches) if settings.epochs == 0 else -1.0
@@ -98,7 +101,8 @@ def train_phase(
     for epoch in range(1, settings.epochs + 1):
         first_step = (epoch - 1) * len(train_batches)
         record = _train_one_epoch(
-            phase, epoch, model, objective, optimizer, train_batches, observer, first_step, settings.epochs * len(train_batches)
+            phase, epoch, model, objective, optimizer, train_batches, observer, first_step,
+            settings.epochs * len(train_batches), settings.speed, scaler,
         )
         record.val_acc = evaluate(model, val_batches)
         if scheduler is not None:
@@ -125,6 +129,8 @@ def _train_one_epoch(
     observer: PhaseObserver,
     first_step: int,
     total_steps: int,
+    speed: SpeedSettings,
+    scaler: torch.amp.GradScaler | None,
 ) -> EpochRecord:
     """One pass over the training split; per-term sums and correct counts accumulate on the device."""
     started = time.perf_counter()
@@ -135,11 +141,17 @@ def _train_one_epoch(
     lr = optimizer.param_groups[0]["lr"]
     for step, batch in enumerate(batches, start=first_step):
         objective.begin_step(step, total_steps)
-        logits, terms = objective(model, batch)
+        with speed.autocast():
+            logits, terms = objective(model, batch)
         loss = sum(terms.values())
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         size = len(batch.targets)
         for name, value in terms.items():
             term_sums[name] = term_sums.get(name, 0) + value.detach() * size

@@ -18,11 +18,12 @@ from torch import nn
 from kdrun.data import DATASETS, DataSplits, make_splits
 from kdrun.data.batches import InMemoryBatches
 from kdrun.errors import ConfigError
-from kdrun.files import load_weights, save_weights
+from kdrun.files import load_tensor, load_weights, save_tensor, save_weights
 from kdrun.methods import METHODS, CrossEntropy, FrozenTeacher, Objective
 from kdrun.models import build_model, check_output, count_parameters
 from kdrun.training.device import resolve_device
 from kdrun.training.loop import PhaseObserver, PhaseResult, PhaseSettings, evaluate, train_phase
+from kdrun.training.speed import resolve_speed
 from kdrun.training.teacher_cache import TeacherCache, cache_key
 
 log = logging.getLogger("kdrun")
@@ -38,8 +39,11 @@ class Run:
         self.run_dir = run_dir
         self.observer = observer
         self.device = resolve_device(cfg.device)
+        trainer = cfg.trainer
+        self.speed = resolve_speed(trainer.precision, trainer.channels_last, trainer.compile, self.device)
         self.phases: dict[str, dict[str, Any]] = {}
         self.data: DataSplits | None = None
+        self.teacher_entry: Path | None = None  # the teacher cache entry in use, if any
 
     def execute(self) -> None:
         """Teacher -> independent student -> distilled student; results land in self.phases."""
@@ -56,14 +60,38 @@ class Run:
         if cfg.independent:
             self.train_student("independent", CrossEntropy())
         method = self.build_method(teacher)
+        logits_seconds = self.cache_teacher_logits(method)
         log.info("distillation loss: %s", method.describe())
-        self.train_student("distilled", method, extra={"method": cfg.method.name, "T": cfg.T, "alpha": cfg.alpha})
+        extra = {"method": cfg.method.name, "T": cfg.T, "alpha": cfg.alpha, "teacher_logits_seconds": logits_seconds}
+        self.train_student("distilled", method, extra=extra)
 
     def check_configuration(self) -> None:
         """Build the models and the method once, untrained, so config mistakes surface before any training."""
         teacher = self.new_model(self.cfg.teacher)
         self.new_model(self.cfg.student)
         self.build_method(teacher)
+
+    def cache_teacher_logits(self, method: Objective) -> float:
+        """Teacher logits once per training sample instead of a teacher forward every step.
+
+        Valid because the training inputs are deterministic (no random augmentation), so the
+        teacher's output for sample i is the same in every epoch. Returns the seconds it took.
+        """
+        if not self.cfg.trainer.cache_teacher_logits or getattr(method, "teacher", None) is None:
+            return 0.0
+        started = time.perf_counter()
+        stored = self.teacher_entry / "train_logits.safetensors" if self.teacher_entry else None
+        reused = load_tensor(stored, "logits") if stored is not None and stored.is_file() else None
+        if reused is not None and reused.shape[0] == len(self.data.train):
+            method.teacher.cached_logits = reused.to(self.device)
+            log.info("teacher logits loaded from the teacher cache (%d samples)", len(self.data.train))
+            return time.perf_counter() - started
+        logits = method.teacher.cache_logits(self.batches("train_eval"), len(self.data.train))
+        if stored is not None:
+            save_tensor(stored, "logits", logits)  # the entry's key covers the data, so later runs can reuse them
+        seconds = time.perf_counter() - started
+        log.info("teacher logits computed for %d training samples (%.2fs)", len(self.data.train), seconds)
+        return seconds
 
     def build_method(self, teacher: nn.Module) -> Objective:
         options = plain(self.cfg.method)
@@ -83,6 +111,7 @@ class Run:
         cache = TeacherCache(Path(cfg.cache_dir).expanduser().resolve())
         identity = self.teacher_identity(name, options)
         entry = cache.entry(name, cache_key(identity))
+        self.teacher_entry = entry
         with cache.locked(entry):
             started = time.perf_counter()
             meta = cache.load(entry, teacher)
@@ -150,11 +179,13 @@ class Run:
         options.pop("checkpoint", None)  # where a teacher's weights come from, not an architecture option
         model = build_model(options.pop("name"), self.data.input_shape, self.data.num_classes, **options)
         check_output(model, self.data.input_shape, self.data.num_classes)
-        return model.to(self.device)
+        return self.speed.prepare(model.to(self.device))
 
     def train(self, phase: str, model: nn.Module, objective: Objective, epochs: int) -> PhaseResult:
         cfg = self.cfg
-        settings = PhaseSettings(epochs, make_factory(cfg.optimizer, "optimizer"), make_factory(cfg.scheduler, "scheduler"))
+        settings = PhaseSettings(
+            epochs, make_factory(cfg.optimizer, "optimizer"), make_factory(cfg.scheduler, "scheduler"), self.speed
+        )
         train_batches = self.batches("train", shuffle=True)
         return train_phase(
             phase, model, objective.to(self.device), train_batches, self.batches("val"), self.batches("test"),
@@ -162,10 +193,10 @@ class Run:
         )
 
     def batches(self, split: str, shuffle: bool = False) -> InMemoryBatches:
+        """Batches over a split; 'train_eval' is the training split in evaluation batches, in order."""
         size = self.cfg.batch_size if shuffle else self.cfg.trainer.eval_batch_size
-        return InMemoryBatches(
-            self.splits[split], self.data.mean, self.data.std, size, self.device, shuffle, seed=self.cfg.seed
-        )
+        part = self.splits["train" if split == "train_eval" else split]
+        return InMemoryBatches(part, self.data.mean, self.data.std, size, self.device, shuffle, seed=self.cfg.seed)
 
     def test_accuracy(self, model: nn.Module) -> float:
         return evaluate(model, self.batches("test"))

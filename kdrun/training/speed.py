@@ -1,0 +1,61 @@
+"""Device-level speed settings: autocast precision, memory format, torch.compile.
+
+Defaults are chosen per device: on CPU and MPS kdrun trains in float32 so that the same seed gives
+bit-identical metrics; on CUDA `auto` means bfloat16 autocast where the GPU supports it.
+`trainer.precision=bf16` on a CPU with AVX512-BF16/AMX is faster too (see docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import ContextManager
+
+import torch
+from torch import nn
+
+from kdrun.errors import ConfigError
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    autocast_dtype: torch.dtype | None
+    device_type: str
+    channels_last: bool
+    compile: bool
+
+    def autocast(self) -> ContextManager:
+        """Mixed precision for the forward pass (weights and optimizer state stay float32)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
+
+    def gradient_scaler(self) -> torch.amp.GradScaler | None:
+        """float16 gradients underflow without loss scaling; bfloat16 has float32's range and needs none."""
+        if self.autocast_dtype is torch.float16:
+            return torch.amp.GradScaler(self.device_type)
+        return None
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Memory format for conv nets on GPUs; compilation when asked for (pays off on long GPU runs)."""
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return torch.compile(model) if self.compile else model
+
+
+def resolve_speed(precision: str, channels_last: str | bool, compile_model: bool, device: torch.device) -> SpeedSettings:
+    """Turn the trainer's config values into concrete settings for this device.
+
+    Raises:
+        ConfigError: unknown precision, or fp16 requested where no GradScaler backend exists.
+    """
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    if precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision} is not known", f"use one of: auto, {', '.join(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError(f"trainer.precision=fp16 needs a CUDA device (this run uses {device})", "use bf16 or fp32")
+    use_channels_last = device.type == "cuda" if channels_last == "auto" else bool(channels_last)
+    return SpeedSettings(PRECISIONS[precision], device.type, use_channels_last, bool(compile_model))
