@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdrun.data import DATASETS, DataSplits, make_splits
+from kdrun.data.augment import build_augmentation
+from kdrun.data.base import override_normalisation
 from kdrun.data.batches import InMemoryBatches
 from kdrun.errors import ConfigError
 from kdrun.files import load_weights, save_weights
@@ -27,7 +29,7 @@ from kdrun.training.teacher_cache import TeacherCache, cache_key
 
 log = logging.getLogger("kdrun")
 
-GENERIC_DATASET_KEYS = ("name", "val_fraction", "max_train_samples")
+GENERIC_DATASET_KEYS = ("name", "val_fraction", "max_train_samples", "augment", "mean", "std")
 
 
 class Run:
@@ -45,6 +47,7 @@ class Run:
         """Teacher -> independent student -> distilled student; results land in self.phases."""
         cfg = self.cfg
         self.data = load_data(cfg.dataset, cfg.seed)
+        self.augmentation = build_augmentation(cfg.dataset.get("augment"))
         log.info(
             "data: %s, %d train / %d val / %d test, input %s, %d classes, device %s",
             self.data.name, len(self.data.train), len(self.data.val), len(self.data.test),
@@ -128,6 +131,8 @@ class Run:
                 "batch_size": cfg.batch_size,
                 "optimizer": plain(cfg.optimizer),
                 "scheduler": plain(cfg.scheduler) if cfg.scheduler is not None else None,
+                "augment": cfg.dataset.get("augment"),
+                "normalisation": [self.data.mean, self.data.std],
             },
             "seed": cfg.seed,
         }
@@ -164,7 +169,8 @@ class Run:
     def batches(self, split: str, shuffle: bool = False) -> InMemoryBatches:
         size = self.cfg.batch_size if shuffle else self.cfg.trainer.eval_batch_size
         return InMemoryBatches(
-            self.splits[split], self.data.mean, self.data.std, size, self.device, shuffle, seed=self.cfg.seed
+            self.splits[split], self.data.mean, self.data.std, size, self.device, shuffle, seed=self.cfg.seed,
+            augment=self.augmentation if shuffle else None,
         )
 
     def test_accuracy(self, model: nn.Module) -> float:
@@ -175,7 +181,8 @@ def load_data(dataset_cfg: DictConfig, seed: int) -> DataSplits:
     options = plain(dataset_cfg)
     generic = {key: options.pop(key, None) for key in GENERIC_DATASET_KEYS}
     loaded = DATASETS.build(generic["name"], seed, **options)
-    return make_splits(loaded, generic["val_fraction"] or 0.0, generic["max_train_samples"], seed)
+    splits = make_splits(loaded, generic["val_fraction"] or 0.0, generic["max_train_samples"], seed)
+    return override_normalisation(splits, generic["mean"], generic["std"])
 
 
 def phase_summary(result: PhaseResult, model: nn.Module, source: str) -> dict[str, Any]:
