@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 DOWNLOAD_TIMEOUT_SECONDS = 20
 ALLOWED_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-                   ("numpy._core.multiarray", "scalar")}
+                   ("numpy._core.multiarray", "scalar"),
+                   ("_codecs", "encode")}  # protocol-2 pickles written by Python 3 rebuild bytes with it; harmless
 
 
 @dataclass(frozen=True)
