@@ -135,7 +135,7 @@ def test_help_and_config_printing(tmp_path, arguments, expected):
 
 def test_train_help_lists_groups(tmp_path):
     result = run_kdrun("train", "--help", cwd=tmp_path)
-    for group in ("dataset: digits, mnist", "method: basic, weighted", "experiment: mnist_mlp"):
+    for group in ("dataset: cifar10, cifar100, digits, fashion_mnist", "method: basic, weighted", "mnist_mlp"):
         assert group in result.stdout
 
 

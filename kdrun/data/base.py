@@ -121,3 +121,23 @@ def channel_statistics(images: torch.Tensor) -> tuple[list[float], list[float]]:
     mean = total / count
     std = (total_squares / count - mean**2).clamp_min(1e-12).sqrt()
     return mean.tolist(), std.tolist()
+
+
+def override_normalisation(splits: DataSplits, mean: list[float] | None, std: list[float] | None) -> DataSplits:
+    """Use fixed per-channel statistics (e.g. ImageNet's for pretrained models) instead of the data's own.
+
+    Raises:
+        ConfigError: when only one is given, the channel count differs, or a std is not positive.
+    """
+    if mean is None and std is None:
+        return splits
+    channels = splits.input_shape[0]
+    if mean is None or std is None or len(mean) != channels or len(std) != channels:
+        raise ConfigError(
+            f"dataset.mean and dataset.std need {channels} values each for this data (got {mean} and {std})",
+            "set both, one value per channel, or both null for the training split's own statistics",
+        )
+    if min(std) <= 0:
+        raise ConfigError(f"dataset.std={std} must be positive", "e.g. dataset.std=[0.229,0.224,0.225]")
+    splits.mean, splits.std = [float(value) for value in mean], [float(value) for value in std]
+    return splits

@@ -8,7 +8,7 @@ batch position (the bug in recipe R3).
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import torch
 
@@ -33,6 +33,7 @@ class InMemoryBatches:
         device: torch.device,
         shuffle: bool,
         seed: int = 0,
+        augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None,
     ) -> None:
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
@@ -40,6 +41,7 @@ class InMemoryBatches:
         self.device = device
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
+        self.augment = augment  # applied to uint8 images before normalising (training split only)
         # Folding /255 into the affine transform: x_norm = x_uint8 * scale + shift (one fused op).
         std_tensor = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         mean_tensor = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -61,7 +63,10 @@ class InMemoryBatches:
             order = torch.arange(count, device=self.device)
         for start in range(0, count, self.batch_size):
             indices = order[start : start + self.batch_size]
-            yield Batch(self.normalise(self.images[indices]), self.labels[indices], indices)
+            images = self.images[indices]
+            if self.augment is not None:
+                images = self.augment(images, self.generator)
+            yield Batch(self.normalise(images), self.labels[indices], indices)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.shift, images.float(), self.scale)

@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from kdrun.data import DATASETS, DataSplits, make_splits
+from kdrun.data.augment import build_augmentation
+from kdrun.data.base import override_normalisation
 from kdrun.data.batches import InMemoryBatches
 from kdrun.errors import ConfigError
 from kdrun.files import load_tensor, load_weights, save_tensor, save_weights
@@ -28,7 +30,7 @@ from kdrun.training.teacher_cache import TeacherCache, cache_key
 
 log = logging.getLogger("kdrun")
 
-GENERIC_DATASET_KEYS = ("name", "val_fraction", "max_train_samples")
+GENERIC_DATASET_KEYS = ("name", "val_fraction", "max_train_samples", "augment", "mean", "std")
 
 
 class Run:
@@ -49,6 +51,7 @@ class Run:
         """Teacher -> independent student -> distilled student; results land in self.phases."""
         cfg = self.cfg
         self.data = load_data(cfg.dataset, cfg.seed)
+        self.augmentation = build_augmentation(cfg.dataset.get("augment"))
         log.info(
             "data: %s, %d train / %d val / %d test, input %s, %d classes, device %s",
             self.data.name, len(self.data.train), len(self.data.val), len(self.data.test),
@@ -74,10 +77,13 @@ class Run:
     def cache_teacher_logits(self, method: Objective) -> float:
         """Teacher logits once per training sample instead of a teacher forward every step.
 
-        Valid because the training inputs are deterministic (no random augmentation), so the
-        teacher's output for sample i is the same in every epoch. Returns the seconds it took.
+        Valid only when the training inputs are deterministic: with random augmentation the teacher
+        must see the same augmented batch as the student, so it runs every step. Returns the seconds.
         """
         if not self.cfg.trainer.cache_teacher_logits or getattr(method, "teacher", None) is None:
+            return 0.0
+        if self.augmentation is not None:
+            log.info("teacher logits not cached: random augmentation changes the inputs every epoch")
             return 0.0
         started = time.perf_counter()
         stored = self.teacher_entry / "train_logits.safetensors" if self.teacher_entry else None
@@ -157,6 +163,8 @@ class Run:
                 "batch_size": cfg.batch_size,
                 "optimizer": plain(cfg.optimizer),
                 "scheduler": plain(cfg.scheduler) if cfg.scheduler is not None else None,
+                "augment": cfg.dataset.get("augment"),
+                "normalisation": [self.data.mean, self.data.std],
             },
             "seed": cfg.seed,
         }
@@ -196,7 +204,10 @@ class Run:
         """Batches over a split; 'train_eval' is the training split in evaluation batches, in order."""
         size = self.cfg.batch_size if shuffle else self.cfg.trainer.eval_batch_size
         part = self.splits["train" if split == "train_eval" else split]
-        return InMemoryBatches(part, self.data.mean, self.data.std, size, self.device, shuffle, seed=self.cfg.seed)
+        return InMemoryBatches(
+            part, self.data.mean, self.data.std, size, self.device, shuffle, seed=self.cfg.seed,
+            augment=self.augmentation if shuffle else None,
+        )
 
     def test_accuracy(self, model: nn.Module) -> float:
         return evaluate(model, self.batches("test"))
@@ -206,7 +217,8 @@ def load_data(dataset_cfg: DictConfig, seed: int) -> DataSplits:
     options = plain(dataset_cfg)
     generic = {key: options.pop(key, None) for key in GENERIC_DATASET_KEYS}
     loaded = DATASETS.build(generic["name"], seed, **options)
-    return make_splits(loaded, generic["val_fraction"] or 0.0, generic["max_train_samples"], seed)
+    splits = make_splits(loaded, generic["val_fraction"] or 0.0, generic["max_train_samples"], seed)
+    return override_normalisation(splits, generic["mean"], generic["std"])
 
 
 def phase_summary(result: PhaseResult, model: nn.Module, source: str) -> dict[str, Any]:
