@@ -37,6 +37,13 @@ class Objective(nn.Module):
         Schedules (e.g. a decaying temperature) update themselves here; the default does nothing.
         """
 
+    def prepare(self, student: nn.Module, sample_inputs: torch.Tensor) -> None:
+        """Called once before training with a student of the right architecture and a sample batch.
+
+        Feature methods discover feature shapes here (a dry forward) and build their adapters, so
+        the adapters exist before the optimizer is created. The default does nothing.
+        """
+
     def describe(self) -> str:
         """The loss as a formula, for logs and docs."""
         return type(self).__name__

@@ -1,6 +1,6 @@
 """Model architectures, registered by name. Family modules are imported by name to register them."""
 
-from kdrun.models import mlp  # noqa: F401  (registration side effect)
+from kdrun.models import mlp, tiny_cnn, vit  # noqa: F401  (registration side effect)
 from kdrun.models.registry import MODELS, build_model, check_output, count_parameters
 
 __all__ = ["MODELS", "build_model", "check_output", "count_parameters"]

@@ -55,19 +55,22 @@ class Run:
         teacher = self.obtain_teacher()
         if cfg.independent:
             self.train_student("independent", CrossEntropy())
-        method = self.build_method(teacher)
+        torch.manual_seed(cfg.seed)  # adapters (feature methods) start from the same weights in every run
+        method = self.build_method(teacher, self.new_model(cfg.student))
         log.info("distillation loss: %s", method.describe())
         self.train_student("distilled", method, extra={"method": cfg.method.name, "T": cfg.T, "alpha": cfg.alpha})
 
     def check_configuration(self) -> None:
         """Build the models and the method once, untrained, so config mistakes surface before any training."""
         teacher = self.new_model(self.cfg.teacher)
-        self.new_model(self.cfg.student)
-        self.build_method(teacher)
+        self.build_method(teacher, self.new_model(self.cfg.student))
 
-    def build_method(self, teacher: nn.Module) -> Objective:
+    def build_method(self, teacher: nn.Module, student: nn.Module) -> Objective:
+        """The method, prepared on a student of the configured architecture (adapters get their shapes)."""
         options = plain(self.cfg.method)
-        return METHODS.build(options.pop("name"), FrozenTeacher(teacher), self.cfg.T, self.cfg.alpha, **options)
+        method = METHODS.build(options.pop("name"), FrozenTeacher(teacher), self.cfg.T, self.cfg.alpha, **options)
+        method.prepare(student, torch.zeros(2, *self.data.input_shape, device=self.device))
+        return method
 
     # -- teacher ------------------------------------------------------------------------------------
     def obtain_teacher(self) -> nn.Module:
@@ -142,6 +145,7 @@ class Run:
         weights = self.run_dir / f"{phase}.safetensors"
         save_weights(weights, student, {"phase": phase, "model": name})
         self.phases[phase] = {**phase_summary(result, student, source="trained"), **(extra or {}), "weights": str(weights)}
+        self.phases[phase]["extra_params"] = count_parameters(objective)  # adapters: trained, not exported
 
     # -- shared helpers -----------------------------------------------------------------------------
     def new_model(self, model_cfg: DictConfig) -> nn.Module:
