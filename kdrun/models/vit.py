@@ -31,7 +31,7 @@ class VisionTransformer(nn.Module):
 
     def __init__(
         self, input_shape: tuple[int, int, int], num_classes: int, patch_size: int, dim: int, depth: int,
-        heads: int, distillation_token: bool,
+        heads: int, distillation_token: bool = False,
     ) -> None:
         super().__init__()
         channels, height, width = input_shape
@@ -54,15 +54,21 @@ class VisionTransformer(nn.Module):
         return self.norm(self.encoder(torch.cat([tokens, patches], dim=1) + self.positions))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self.distillation_head is None:
-            return self.head(self.encode(inputs)[:, 0])
+        return self.head(self.encode(inputs)[:, 0])
+
+
+class DistilledVisionTransformer(VisionTransformer):
+    """DeiT: a second (distillation) token and head; `forward` averages the two heads."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, distillation_token=True, **kwargs)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         heads = self.forward_heads(inputs)
         return (heads.cls + heads.distillation) / 2
 
     def forward_heads(self, inputs: torch.Tensor) -> HeadLogits:
-        """Both heads' logits (DeiT training); only for models built with a distillation token."""
-        if self.distillation_head is None:
-            raise ConfigError("this ViT has no distillation token", "use student=deit_tiny for method=deit")
+        """Both heads' logits, for the `deit` method's separate losses."""
         encoded = self.encode(inputs)
         return HeadLogits(self.head(encoded[:, 0]), self.distillation_head(encoded[:, 1]))
 
@@ -81,7 +87,9 @@ def _build(input_shape, num_classes, patch_size, dim, depth, heads, distillation
         raise ConfigError(f"patch_size={size} does not divide the {height}x{width} input", "use a divisor, or patch_size: null (auto)")
     if dim % heads:
         raise ConfigError(f"dim={dim} is not divisible by heads={heads}", "e.g. dim: 64, heads: 4")
-    return VisionTransformer(tuple(input_shape), num_classes, size, dim, depth, heads, distillation_token)
+    if distillation_token:
+        return DistilledVisionTransformer(tuple(input_shape), num_classes, size, dim, depth, heads)
+    return VisionTransformer(tuple(input_shape), num_classes, size, dim, depth, heads, distillation_token=False)
 
 
 @MODELS.register("vit_tiny")
