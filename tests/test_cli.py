@@ -69,7 +69,7 @@ def test_teacher_checkpoint_and_skipping_the_independent_student(kdrun_in, tmp_p
     [
         (["T=0"], "T=0.0 must be > 0"),
         (["alpha=1.5"], "alpha=1.5 is outside [0, 1]"),
-        (["method=nope"], "unknown method 'nope' (choose one of: basic, weighted"),
+        (["method=nope"], "unknown method 'nope' (choose one of: activation_kl, adaptive_T, attention, basic"),
         (["T=abc"], "could not be converted to Float"),
         (["teacher_epochs=-1"], "teacher_epochs=-1 is negative"),
         (["batch_size=0"], "batch_size=0 must be >= 1"),
@@ -135,7 +135,7 @@ def test_help_and_config_printing(tmp_path, arguments, expected):
 
 def test_train_help_lists_groups(tmp_path):
     result = run_kdrun("train", "--help", cwd=tmp_path)
-    for group in ("dataset: cifar10, cifar100, digits, fashion_mnist", "method: basic, weighted", "mnist_mlp"):
+    for group in ("dataset: cifar10, cifar100, digits, fashion_mnist", "method: activation_kl, adaptive_T, attention, basic", "mnist_mlp"):
         assert group in result.stdout
 
 

@@ -27,6 +27,8 @@ class Objective(nn.Module):
 
     #: the temperature in effect, logged with every epoch (None for objectives without one)
     temperature: float | None = None
+    #: False for methods that run the teacher themselves (feature taps): caching its logits would be wasted work
+    uses_cached_teacher_logits: bool = True
 
     def forward(self, model: nn.Module, batch: Batch) -> StepOutput:  # pragma: no cover - interface
         raise NotImplementedError
@@ -35,6 +37,13 @@ class Objective(nn.Module):
         """Called by the loop before every training step (0-based, over the whole phase).
 
         Schedules (e.g. a decaying temperature) update themselves here; the default does nothing.
+        """
+
+    def prepare(self, student: nn.Module, sample_inputs: torch.Tensor) -> None:
+        """Called once before training with a student of the right architecture and a sample batch.
+
+        Feature methods discover feature shapes here (a dry forward) and build their adapters, so
+        the adapters exist before the optimizer is created. The default does nothing.
         """
 
     def describe(self) -> str:

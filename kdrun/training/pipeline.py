@@ -62,7 +62,8 @@ class Run:
         teacher = self.obtain_teacher()
         if cfg.independent:
             self.train_student("independent", CrossEntropy())
-        method = self.build_method(teacher)
+        torch.manual_seed(cfg.seed)  # adapters (feature methods) start from the same weights in every run
+        method = self.build_method(teacher, self.new_model(cfg.student))
         logits_seconds = self.cache_teacher_logits(method)
         log.info("distillation loss: %s", method.describe())
         extra = {"method": cfg.method.name, "T": cfg.T, "alpha": cfg.alpha, "teacher_logits_seconds": logits_seconds}
@@ -71,8 +72,7 @@ class Run:
     def check_configuration(self) -> None:
         """Build the models and the method once, untrained, so config mistakes surface before any training."""
         teacher = self.new_model(self.cfg.teacher)
-        self.new_model(self.cfg.student)
-        self.build_method(teacher)
+        self.build_method(teacher, self.new_model(self.cfg.student))
 
     def cache_teacher_logits(self, method: Objective) -> float:
         """Teacher logits once per training sample instead of a teacher forward every step.
@@ -80,7 +80,8 @@ class Run:
         Valid only when the training inputs are deterministic: with random augmentation the teacher
         must see the same augmented batch as the student, so it runs every step. Returns the seconds.
         """
-        if not self.cfg.trainer.cache_teacher_logits or getattr(method, "teacher", None) is None:
+        wanted = self.cfg.trainer.cache_teacher_logits and method.uses_cached_teacher_logits
+        if not wanted or getattr(method, "teacher", None) is None:
             return 0.0
         if self.augmentation is not None:
             log.info("teacher logits not cached: random augmentation changes the inputs every epoch")
@@ -99,9 +100,12 @@ class Run:
         log.info("teacher logits computed for %d training samples (%.2fs)", len(self.data.train), seconds)
         return seconds
 
-    def build_method(self, teacher: nn.Module) -> Objective:
+    def build_method(self, teacher: nn.Module, student: nn.Module) -> Objective:
+        """The method, prepared on a student of the configured architecture (adapters get their shapes)."""
         options = plain(self.cfg.method)
-        return METHODS.build(options.pop("name"), FrozenTeacher(teacher), self.cfg.T, self.cfg.alpha, **options)
+        method = METHODS.build(options.pop("name"), FrozenTeacher(teacher), self.cfg.T, self.cfg.alpha, **options)
+        method.prepare(student, torch.zeros(2, *self.data.input_shape, device=self.device))
+        return method
 
     # -- teacher ------------------------------------------------------------------------------------
     def obtain_teacher(self) -> nn.Module:
@@ -179,6 +183,7 @@ class Run:
         weights = self.run_dir / f"{phase}.safetensors"
         save_weights(weights, student, {"phase": phase, "model": name})
         self.phases[phase] = {**phase_summary(result, student, source="trained"), **(extra or {}), "weights": str(weights)}
+        self.phases[phase]["extra_params"] = count_parameters(objective)  # adapters: trained, not exported
 
     # -- shared helpers -----------------------------------------------------------------------------
     def new_model(self, model_cfg: DictConfig) -> nn.Module:
