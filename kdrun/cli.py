@@ -18,6 +18,7 @@ from kdrun import __version__
 # name -> (module:function taking the remaining argv, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("kdrun.commands.train:main", "one run: teacher -> independent student -> distilled student (Hydra overrides)"),
+    "report": ("kdrun.commands.report:main", "tables, report.md/report.csv and plots for a run dir or a sweep dir"),
 }
 
 # Hydra flags that take a value, and --info's optional values; used to move flags before overrides.
