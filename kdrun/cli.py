@@ -19,6 +19,7 @@ from kdrun import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("kdrun.commands.train:main", "one run: teacher -> independent student -> distilled student (Hydra overrides)"),
     "bench": ("kdrun.commands.bench:main", "speed benchmark: kdrun's path side by side with a plain PyTorch loop"),
+    "report": ("kdrun.commands.report:main", "tables, report.md/report.csv and plots for a run dir or a sweep dir"),
 }
 
 # Hydra flags that take a value, and --info's optional values; used to move flags before overrides.

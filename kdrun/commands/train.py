@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +36,32 @@ def main(arguments: list[str]) -> None:
         OmegaConf.register_new_resolver("kdrun_suffix", run_dir_suffix)
     app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(task)
     sys.argv = ["kdrun train", *flags_first(arguments)]
+    with failures_file() as failures:
+        try:
+            app()
+        except (HydraException, OmegaConfBaseException) as error:
+            if full_errors_requested():
+                raise
+            fail(describe_config_error(error), 2)
+        failed = failures.read_text().splitlines()
+    if failed:  # multirun: the other jobs ran; the sweep as a whole did not complete
+        fail(f"{len(failed)} job(s) of the sweep failed, the others completed: {failed[0]} (see sweep.csv in the sweep dir)", 1)
+
+
+@contextlib.contextmanager
+def failures_file() -> Any:
+    """A temp file that multirun jobs (in this process or in joblib workers) append their failures to."""
+    from kdrun.training.sweep_files import FAILURES_ENV
+
+    handle, name = tempfile.mkstemp(prefix="kdrun-failures-", suffix=".txt")
+    os.close(handle)
+    os.environ[FAILURES_ENV] = name
     try:
-        app()
-    except (HydraException, OmegaConfBaseException) as error:
-        if full_errors_requested():
-            raise
-        fail(describe_config_error(error), 2)
+        yield Path(name)
+    finally:
+        os.environ.pop(FAILURES_ENV, None)
+        for path in (name, name + ".lock"):
+            Path(path).unlink(missing_ok=True)
 
 
 def run_dir_suffix(override_dirname: str) -> str:
@@ -49,22 +71,61 @@ def run_dir_suffix(override_dirname: str) -> str:
     return "_" + override_dirname.replace(os.sep, "_")[:120]
 
 
-def task(cfg: Any) -> None:
-    """The Hydra task: one run in its own directory. Exits non-zero (no traceback) on failure."""
-    from hydra.core.hydra_config import HydraConfig
+def task(cfg: Any) -> float:
+    """The Hydra task: one run in its own directory. Exits non-zero (no traceback) on failure.
 
-    run_dir = Path(HydraConfig.get().runtime.output_dir).resolve()
-    overrides = list(HydraConfig.get().overrides.task)
+    In a multirun a failing job must not exit: Hydra's basic launcher would abort the remaining jobs.
+    It records summary.json (status failed) and its sweep row instead; `main` exits 1 at the end.
+    Returns the distilled student's best validation accuracy (what Optuna's sweeper maximises; NaN = failed).
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_config = HydraConfig.get()
+    run_dir = Path(hydra_config.runtime.output_dir).resolve()
+    overrides = list(hydra_config.overrides.task)
+    multirun = hydra_config.mode == RunMode.MULTIRUN
     with run_logging(run_dir, cfg.trainer.progress) as (console, file_log, display):
         try:
-            execute(cfg, run_dir, overrides, console, file_log, display)
+            summary = execute(cfg, run_dir, overrides, console, file_log, display)
         except KdrunError as error:
             if full_errors_requested():
                 raise
-            fail(error.one_line(), error.exit_code)
+            if not multirun:
+                fail(error.one_line(), error.exit_code)
+            summary = failed_job_summary(cfg, run_dir, overrides, error)
+    if multirun:
+        record_sweep_job(cfg, Path(hydra_config.sweep.dir).resolve(), int(hydra_config.job.num), summary)
+    return float(summary.get("phases", {}).get("distilled", {}).get("best_val_acc", float("nan")))
 
 
-def execute(cfg: Any, run_dir: Path, overrides: list[str], console: Any, file_log: Any, display: Any) -> None:
+def failed_job_summary(cfg: Any, run_dir: Path, overrides: list[str], error: KdrunError) -> dict:
+    """A failed multirun job: say so on stderr, and make sure its run dir holds a failed summary.json."""
+    import json
+
+    from kdrun.files import write_json_atomic
+    from kdrun.training.sweep_files import note_failure
+
+    line = f"job {run_dir.name} failed: {error.one_line()}"
+    sys.stderr.write("kdrun: error: " + line + "\n")
+    note_failure(line)
+    path = run_dir / "summary.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    summary = {"status": "failed", "error": error.one_line(), "run_dir": str(run_dir), "seed": cfg.seed,
+               "overrides": overrides, "phases": {}, "gap_recovered": None}
+    write_json_atomic(path, summary)  # also when the error came before training: the sweep shows every job
+    return summary
+
+
+def record_sweep_job(cfg: Any, sweep_dir: Path, job: int, summary: dict) -> None:
+    from kdrun.training.sweep_files import append_sweep_row, sweep_row
+
+    settings = {"method": cfg.method.name, "T": cfg.T, "alpha": cfg.alpha, "seed": cfg.seed}
+    append_sweep_row(sweep_dir, sweep_row(job, summary, settings))
+
+
+def execute(cfg: Any, run_dir: Path, overrides: list[str], console: Any, file_log: Any, display: Any) -> dict:
     from kdrun.config import validate
     from kdrun.display import print_results
     from kdrun.training.pipeline import Run
@@ -95,6 +156,8 @@ def execute(cfg: Any, run_dir: Path, overrides: list[str], console: Any, file_lo
         fail("interrupted; partial results are in " + str(run_dir), 130)
     summary = write_summary(run, overrides, started, "completed")
     print_results(summary, run_dir, console_stdout(), file_log)
+    console_stdout().print(f"report: kdrun report {run_dir}", soft_wrap=True)
+    return summary
 
 
 def write_summary(run: Any, overrides: list[str], started: Any, status: str, error: str | None = None) -> dict:

@@ -26,7 +26,7 @@ from kdrun.models import build_model, check_output, count_parameters
 from kdrun.training.device import resolve_device
 from kdrun.training.loop import PhaseObserver, PhaseResult, PhaseSettings, evaluate, train_phase
 from kdrun.training.speed import resolve_speed
-from kdrun.training.teacher_cache import TeacherCache, cache_key
+from kdrun.training.teacher_cache import ModelCache, TeacherCache, cache_key
 
 log = logging.getLogger("kdrun")
 
@@ -61,7 +61,7 @@ class Run:
         self.check_configuration()
         teacher = self.obtain_teacher()
         if cfg.independent:
-            self.train_student("independent", CrossEntropy())
+            self.obtain_independent()
         torch.manual_seed(cfg.seed)  # adapters (feature methods) start from the same weights in every run
         method = self.build_method(teacher, self.new_model(cfg.student))
         logits_seconds = self.cache_teacher_logits(method)
@@ -169,11 +169,40 @@ class Run:
                 "scheduler": plain(cfg.scheduler) if cfg.scheduler is not None else None,
                 "augment": cfg.dataset.get("augment"),
                 "normalisation": [self.data.mean, self.data.std],
+                "precision": str(self.speed.autocast_dtype or "float32"),  # bf16 training gives other weights
             },
             "seed": cfg.seed,
         }
 
     # -- students -----------------------------------------------------------------------------------
+    def obtain_independent(self) -> None:
+        """The CE-only student depends on data, model, budget, optimizer and seed, never on alpha/T/method:
+        cache it like the teacher so a sweep trains it once (same lock, same atomic entries)."""
+        cfg = self.cfg
+        options = plain(cfg.student)
+        name = options.pop("name")
+        identity = self.teacher_identity(name, options)
+        identity["training"]["epochs"] = cfg.student_epochs
+        cache = ModelCache(Path(cfg.cache_dir).expanduser().resolve(), "students")
+        entry = cache.entry(name, cache_key(identity))
+        torch.manual_seed(cfg.seed)
+        student = self.new_model(cfg.student)
+        with cache.locked(entry):
+            started = time.perf_counter()
+            meta = cache.load(entry, student)
+            if meta is None:
+                result = self.train("independent", student, CrossEntropy(), cfg.student_epochs)
+                summary = phase_summary(result, student, source="trained")
+                cache.store(entry, student, {"identity": identity, "result": summary})
+                log.info("independent: trained and stored in cache %s", entry)
+            else:
+                log.info("independent: loaded from cache %s", entry)
+                summary = {**meta["result"], "source": "cache", "test_acc": self.test_accuracy(student),
+                           "seconds": time.perf_counter() - started, "train_seconds": meta["result"]["seconds"]}
+        weights = self.run_dir / "independent.safetensors"  # a copy in the run: runs stay self-contained
+        save_weights(weights, student, {"phase": "independent", "model": name})
+        self.phases["independent"] = {**summary, "weights": str(weights), "cache_entry": str(entry)}
+
     def train_student(self, phase: str, objective: Objective, extra: dict[str, Any] | None = None) -> None:
         """Both students start from the same seed: same initial weights, same batch order."""
         name = self.cfg.student.name

@@ -1,6 +1,7 @@
-"""Trained teachers, shared across runs, keyed by a hash of everything that determines them.
+"""Trained models (teachers, independent students), shared across runs, keyed by a hash of
+everything that determines them.
 
-An entry is a folder `<cache_dir>/teachers/<model>-<key>/` with `weights.safetensors` and
+An entry is a folder `<cache_dir>/<kind>/<model>-<key>/` (kind: `teachers` or `students`) with `weights.safetensors` and
 `meta.json` (the key's inputs, the weights' sha256, the training result). It appears atomically
 (built in a temp folder, then renamed), is checked against its hash before use, and is written
 under a cross-process file lock so that concurrent runs train a given teacher only once.
@@ -35,9 +36,12 @@ def cache_key(identity: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-class TeacherCache:
-    def __init__(self, root: Path) -> None:
-        self.root = root / "teachers"
+class ModelCache:
+    """One kind of cached model; a sweep over alpha/T trains each teacher and independent student once."""
+
+    def __init__(self, root: Path, kind: str = "teachers") -> None:
+        self.root = root / kind
+        self.kind = kind
 
     def entry(self, model_name: str, key: str) -> Path:
         return self.root / f"{model_name}-{key}"
@@ -48,7 +52,7 @@ class TeacherCache:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise ConfigError(f"cannot create the teacher cache {self.root} ({error.strerror})", "set cache_dir=<writable dir>") from None
+            raise ConfigError(f"cannot create the model cache {self.root} ({error.strerror})", "set cache_dir=<writable dir>") from None
         with FileLock(str(entry) + ".lock"):
             yield
 
@@ -61,9 +65,9 @@ class TeacherCache:
             meta = json.loads(meta_path.read_text())
             if sha256_of(weights_path) != meta["weights_sha256"]:
                 raise ValueError("weights do not match their recorded hash")
-            load_weights(weights_path, model, "cached teacher")
+            load_weights(weights_path, model, f"cached model ({self.kind})")
         except (OSError, ValueError, KeyError, ConfigError) as error:
-            log.warning("teacher cache entry %s is invalid (%s); training the teacher again", entry, error)
+            log.warning("cache entry %s is invalid (%s); training it again", entry, error)
             self._discard(entry)
             return None
         return meta
@@ -83,3 +87,6 @@ class TeacherCache:
     def _discard(entry: Path) -> None:
         if entry.exists():
             shutil.rmtree(entry, ignore_errors=True)
+
+
+TeacherCache = ModelCache  # the original name, kept for existing imports

@@ -1,0 +1,73 @@
+"""`kdrun report PATH`: a run dir or a sweep dir -> rich table, report.md, report.csv and PNG plots in PATH."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from kdrun.cli import fail
+from kdrun.errors import KdrunError
+
+
+def main(arguments: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="kdrun report", description="Tables and plots for a run dir or a sweep dir.")
+    parser.add_argument("path", type=Path, help="a run dir (holds summary.json) or a sweep dir (runs below it)")
+    options = parser.parse_args(arguments)
+    try:
+        build_report(options.path.expanduser().resolve())
+    except KdrunError as error:
+        fail(error.one_line(), error.exit_code)
+
+
+def build_report(path: Path) -> None:
+    from rich.console import Console
+
+    from kdrun.report import group_runs, load_runs
+    from kdrun.report.aggregate import learning_curves, reference_level
+    from kdrun.report.load import read_metrics
+    from kdrun.report.write import write_csv, write_markdown
+
+    records = load_runs(path)
+    groups = group_runs(records)
+    plots = make_plots(path, records, groups, reference_level, learning_curves, read_metrics)
+    write_csv(records, path / "report.csv")
+    write_markdown(path / "report.md", groups, records, plots)
+    console = Console() if Console().is_terminal else Console(width=130)
+    console.print(results_table(path, groups))
+    print_failures(console, records)
+    console.print("tuning uses the validation split (distilled val = best_val_acc); report the test split (test_acc)")
+    console.print(f"wrote {path / 'report.md'}, {path / 'report.csv'} and {len(plots)} plot(s)", soft_wrap=True)
+
+
+def make_plots(path: Path, records: list, groups: list, reference_level: Any, learning_curves: Any, read_metrics: Any) -> list[Path]:
+    from kdrun.report import plots
+
+    if not groups:
+        return []
+    teacher, independent = reference_level(records, "teacher"), reference_level(records, "independent")
+    metrics = {str(record.run_dir): read_metrics(record.run_dir) for record in records}
+    return [
+        plots.accuracy_vs_temperature(groups, teacher, independent, path / "accuracy_vs_T.png"),
+        plots.heatmap(groups, teacher, independent, path / "heatmap_alpha_T.png"),
+        plots.learning_curves(learning_curves(records, metrics), path / "learning_curves.png"),
+    ]
+
+
+def results_table(path: Path, groups: list) -> Any:
+    from rich.table import Table
+
+    from kdrun.report.write import HEADERS, group_cells
+
+    table = Table(title=f"kdrun report: {path.name} (mean ± std over seeds)")
+    for header in HEADERS:
+        table.add_column(header, justify="left" if header == "method" else "right")
+    for group in groups:
+        table.add_row(*group_cells(group))
+    return table
+
+
+def print_failures(console: Any, records: list) -> None:
+    for record in records:
+        if record.status != "completed":
+            console.print(f"[red]{record.status}[/red] {record.run_dir.name}: {record.error}", soft_wrap=True)

@@ -1,0 +1,74 @@
+"""Grouping runs that differ only by seed, into mean and standard deviation."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Optional
+
+from kdrun.report.load import PHASES, RunRecord
+
+
+@dataclass
+class Group:
+    """Completed runs with the same method, T and alpha (any seeds)."""
+
+    method: Optional[str]
+    T: Optional[float]
+    alpha: Optional[float]
+    runs: list[RunRecord]
+
+    def values(self, phase: str, key: str = "test_acc") -> list[float]:
+        return [value for value in (run.accuracy(phase, key) for run in self.runs) if value is not None]
+
+    def mean_std(self, phase: str, key: str = "test_acc") -> tuple[Optional[float], Optional[float]]:
+        return mean_std(self.values(phase, key))
+
+    def gap(self) -> tuple[Optional[float], Optional[float]]:
+        return mean_std([run.gap_recovered for run in self.runs if run.gap_recovered is not None])
+
+
+def mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
+    """Sample std over seeds; 0 for a single value, None for none."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def group_runs(records: list[RunRecord]) -> list[Group]:
+    completed = [record for record in records if record.status == "completed"]
+    groups: dict[tuple, list[RunRecord]] = {}
+    for record in completed:
+        groups.setdefault((record.method or "", record.T, record.alpha), []).append(record)
+    return [
+        Group(method or None, T, alpha, runs)
+        for (method, T, alpha), runs in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] or 0, item[0][2] or 0))
+    ]
+
+
+def reference_level(records: list[RunRecord], phase: str) -> tuple[Optional[float], Optional[float]]:
+    """Teacher or independent test accuracy over completed runs, one value per distinct trained model.
+
+    A sweep reuses one cached teacher in every job; counting it once per seed keeps the std honest.
+    """
+    per_model: dict[str, float] = {}
+    for record in records:
+        if record.status != "completed" or phase not in record.phases:
+            continue
+        value = record.accuracy(phase)
+        if value is not None:
+            per_model.setdefault(str(record.phases[phase].get("weights", record.run_dir)), value)
+    return mean_std(list(per_model.values()))
+
+
+def learning_curves(records: list[RunRecord], metrics_by_run: dict[str, list[dict]]) -> dict[str, dict[str, dict[int, list[float]]]]:
+    """phase -> label -> epoch -> val_acc values (over seeds/runs that trained that phase)."""
+    curves: dict[str, dict[str, dict[int, list[float]]]] = {phase: {} for phase in PHASES}
+    for record in records:
+        for line in metrics_by_run.get(str(record.run_dir), []):
+            phase = line.get("phase")
+            if phase not in curves or line.get("val_acc") is None:
+                continue
+            label = f"T={record.T:g}, alpha={record.alpha:g}" if phase == "distilled" and record.T is not None and record.alpha is not None else phase
+            curves[phase].setdefault(label, {}).setdefault(int(line["epoch"]), []).append(float(line["val_acc"]))
+    return curves

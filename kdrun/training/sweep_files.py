@@ -1,0 +1,72 @@
+"""What a multirun job adds to its sweep dir: a row in `sweep.jsonl` and `sweep.csv`, and a failure note.
+
+Written from the task itself (not a Hydra callback) because the task is the one place that knows the
+job's outcome under every launcher: sequential, joblib (other processes) and submitit (other machines).
+Each job appends one JSON line under a file lock, then rewrites the CSV from all lines atomically, so
+a job that crashes later cannot lose the rows of the others.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from kdrun.files import write_bytes_atomic
+
+PHASES = ("teacher", "independent", "distilled")
+FAILURES_ENV = "KDRUN_SWEEP_FAILURES"  # a file the parent process reads after the sweep: one line per failed job
+COLUMNS = [
+    "job", "status", "overrides", "method", "T", "alpha", "seed",
+    *[f"{phase}_{field}" for phase in PHASES for field in ("source", "test_acc", "best_val_acc")],
+    "gap_recovered", "error", "run_dir",
+]
+
+
+def sweep_row(job: int, summary: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """One flat row per job: the numbers a sweep is compared on, and where the run is."""
+    row: dict[str, Any] = {
+        "job": job,
+        "status": summary.get("status"),
+        "overrides": " ".join(summary.get("overrides", [])),
+        **settings,
+        "gap_recovered": summary.get("gap_recovered"),
+        "error": summary.get("error", ""),
+        "run_dir": summary.get("run_dir"),
+    }
+    phases = summary.get("phases", {})
+    for phase in PHASES:
+        for field in ("source", "test_acc", "best_val_acc"):
+            row[f"{phase}_{field}"] = phases.get(phase, {}).get(field)
+    return row
+
+
+def append_sweep_row(sweep_dir: Path, row: dict[str, Any]) -> None:
+    """Append to sweep.jsonl and regenerate sweep.csv from it, both under the sweep's lock."""
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(sweep_dir / ".sweep.lock")):
+        lines_path = sweep_dir / "sweep.jsonl"
+        with open(lines_path, "a", encoding="utf-8") as stream:
+            stream.write(json.dumps(row) + "\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        rows = [json.loads(line) for line in lines_path.read_text().splitlines() if line.strip()]
+        rows.sort(key=lambda item: item["job"])
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_bytes_atomic(sweep_dir / "sweep.csv", text.getvalue().encode())
+
+
+def note_failure(line: str) -> None:
+    """Tell the parent `kdrun train -m` that a job failed (it exits non-zero when the sweep ends)."""
+    target = os.environ.get(FAILURES_ENV)
+    if target:
+        with FileLock(target + ".lock"), open(target, "a", encoding="utf-8") as stream:
+            stream.write(" ".join(line.split()) + "\n")

@@ -1,0 +1,66 @@
+"""A 2x2 alpha x T sweep: teacher and independent student trained once each, one sweep row per job, report."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import run_kdrun
+
+TINY = ["teacher_epochs=2", "student_epochs=2", "trainer.progress=false", "teacher.hidden=[64]", "dataset.max_train_samples=300"]
+LAUNCHERS = {"basic": [], "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]}
+
+
+def summaries_below(sweep_dir: Path) -> list[dict]:
+    return [json.loads(path.read_text()) for path in sorted(sweep_dir.rglob("summary.json"))]
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_sweep_reuses_models_aggregates_and_reports(tmp_path: Path, launcher: str) -> None:
+    sweep_dir = tmp_path / "sweep"
+    result = run_kdrun(
+        "train", "-m", "alpha=0.2,0.8", "T=2,4", *TINY, *LAUNCHERS[launcher],
+        f"hydra.sweep.dir={sweep_dir}", f"cache_dir={tmp_path / 'cache'}", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "kdrun report " in result.stdout
+
+    summaries = summaries_below(sweep_dir)
+    assert len(summaries) == 4 and {summary["status"] for summary in summaries} == {"completed"}
+    for phase in ("teacher", "independent"):
+        sources = sorted(summary["phases"][phase]["source"] for summary in summaries)
+        assert sources == ["cache", "cache", "cache", "trained"], (phase, sources)
+        assert len({summary["phases"][phase]["test_acc"] for summary in summaries}) == 1  # the same model each time
+    assert {summary["phases"]["distilled"]["source"] for summary in summaries} == {"trained"}
+
+    with open(sweep_dir / "sweep.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert sorted(int(row["job"]) for row in rows) == [0, 1, 2, 3]
+    assert {(float(row["alpha"]), float(row["T"])) for row in rows} == {(0.2, 2.0), (0.2, 4.0), (0.8, 2.0), (0.8, 4.0)}
+    assert len((sweep_dir / "sweep.jsonl").read_text().splitlines()) == 4
+
+    report = run_kdrun("report", str(sweep_dir), cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    check_report_matches(sweep_dir, summaries)
+
+
+def check_report_matches(sweep_dir: Path, summaries: list[dict]) -> None:
+    with open(sweep_dir / "report.csv") as stream:
+        rows = {row["run_dir"]: row for row in csv.DictReader(stream)}
+    assert len(rows) == len(summaries)
+    for summary in summaries:
+        row = rows[str(Path(summary["run_dir"]))]
+        for phase in ("teacher", "independent", "distilled"):
+            assert float(row[f"{phase}_test_acc"]) == pytest.approx(summary["phases"][phase]["test_acc"])
+            assert float(row[f"{phase}_best_val_acc"]) == pytest.approx(summary["phases"][phase]["best_val_acc"])
+    for name in ("accuracy_vs_T.png", "heatmap_alpha_T.png", "learning_curves.png"):
+        with Image.open(sweep_dir / name) as image:
+            image.load()
+            assert image.width > 300 and image.height > 200
+            assert len(set(image.convert("L").tobytes())) > 10  # not a blank canvas
+    markdown = (sweep_dir / "report.md").read_text()
+    assert "validation" in markdown and "test" in markdown and "4 completed" in markdown
