@@ -39,6 +39,8 @@ class PruneSchema:
 @dataclass
 class QuantizeSchema:
     scheme: str = MISSING
+    calibration_batches: int = MISSING
+    qat_epochs: int = MISSING
 
 
 @dataclass

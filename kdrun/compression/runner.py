@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
@@ -29,6 +30,7 @@ def compress_student(run: Any, student: nn.Module, objective: Objective) -> None
         objective=objective,
         train=run.train,
         evaluate=lambda model, split: evaluate(model, split_batches(run, split, model_device(model))),
+        batches=partial(split_batches, run),
         latency_inputs=latency_batch(run, measure.batch_size or run.cfg.trainer.eval_batch_size),
         latency_repeats=measure.repeats,
     )
@@ -43,7 +45,8 @@ def stage_options(run: Any) -> dict[str, dict[str, Any]]:
 def split_batches(run: Any, split: str, device: torch.device) -> InMemoryBatches:
     """Evaluation batches of a split on `device` (quantised models run on the CPU whatever the run's device)."""
     data = run.data
-    return InMemoryBatches(run.splits[split], data.mean, data.std, run.cfg.trainer.eval_batch_size, device, False,
+    part = run.splits["train" if split == "train_eval" else split]
+    return InMemoryBatches(part, data.mean, data.std, run.cfg.trainer.eval_batch_size, device, False,
                            seed=run.cfg.seed)
 
 

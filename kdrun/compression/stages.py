@@ -11,12 +11,13 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Iterable, Optional, Protocol
 
 import torch
 from torch import nn
 
 from kdrun.compression.measure import count_nonzero, cpu_latency_ms, size_mb
+from kdrun.data.batches import Batch
 from kdrun.errors import ConfigError
 from kdrun.methods.base import Objective
 from kdrun.models import count_parameters
@@ -34,6 +35,7 @@ class StageContext:
     objective: Objective  # the distilled phase's objective: fine-tuning keeps distilling
     train: Callable[[str, nn.Module, Objective, int], PhaseResult]  # the run's one training loop
     evaluate: Callable[[nn.Module, str], float]  # accuracy on 'val' or 'test', on the model's device
+    batches: Callable[[str, torch.device], Iterable[Batch]]  # evaluation batches of a split ('train_eval' too)
     latency_inputs: torch.Tensor  # one batch of test inputs, timed on the CPU
     latency_repeats: int
 
@@ -100,12 +102,12 @@ def run_stages(
 def stage_row(outcome: StageOutcome, context: StageContext, source: str, seconds: float) -> dict[str, Any]:
     """A stage's summary row: the training phases' fields, then the compression measurements."""
     result = outcome.result
+    test_acc = context.evaluate(outcome.model, "test")  # the final model's, even after (fake-quant) training
     if result is None:
-        test_acc = context.evaluate(outcome.model, "test")
         accuracy = {"test_acc": test_acc, "test_acc_last": test_acc, "best_epoch": None,
                     "best_val_acc": context.evaluate(outcome.model, "val")}
-    else:
-        accuracy = {"test_acc": result.test_acc, "test_acc_last": result.test_acc_last,
+    else:  # the fine-tuning's own numbers: last epoch, best epoch and its validation accuracy
+        accuracy = {"test_acc": test_acc, "test_acc_last": result.test_acc_last,
                     "best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc}
     row = {"source": f"from {source}", **accuracy, "params": count_parameters(outcome.model), "seconds": seconds,
            "weights": str(outcome.weights), **outcome.extra}
