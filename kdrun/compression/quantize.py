@@ -45,7 +45,7 @@ def load_quantized(path: Path, model: nn.Module) -> nn.Module:
     int8 tensors and scales are assigned in. `torch.load` runs with weights_only=True.
 
     Raises:
-        ConfigError: the file is not a kdrun quantised model, or torchao is missing.
+        ConfigError: the file is not a kdrun quantised model, does not fit `model`, or torchao is missing.
     """
     require_torchao()
     import torchao.quantization  # noqa: F401 - registers torchao's classes as safe for weights_only loading
@@ -54,7 +54,11 @@ def load_quantized(path: Path, model: nn.Module) -> nn.Module:
     if not isinstance(saved, dict) or saved.get("format") != FILE_FORMAT:
         raise ConfigError(f"{path} is not a kdrun quantised model", "pass the quantized.pt of a kdrun run")
     quantized = SCHEMES.build(saved["scheme"]).skeleton(model)
-    quantized.load_state_dict(saved["state_dict"], assign=True)
+    try:
+        quantized.load_state_dict(saved["state_dict"], assign=True)
+    except RuntimeError as error:  # missing/unexpected keys or shapes: the wrong architecture was built
+        reason = " ".join(str(error).split())[:160]
+        raise ConfigError(f"{path} does not match the model ({reason})", "build the run's student config") from None
     return quantized.eval()
 
 
