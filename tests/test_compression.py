@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TINY, read_summary
+from conftest import TINY, read_metrics, read_summary
 from kdrun.compression import STAGES, StageContext, check_stage_order, load_quantized
 from kdrun.compression.measure import count_nonzero, size_mb
 from kdrun.compression.prune import PruneStage, prunable_weights
@@ -167,8 +167,12 @@ def test_missing_torchao_says_how_to_install(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_train_with_prune_and_quantize_writes_the_extra_rows(kdrun_in) -> None:
-    result, run_dir = kdrun_in("compress=[prune,quantize]", *TINY)
+    fine_tuning = ["compression.prune.steps=2", "compression.prune.finetune_epochs=1"]
+    result, run_dir = kdrun_in("compress=[prune,quantize]", *fine_tuning, *TINY)
     assert result.returncode == 0, result.stderr
+    fine_tuned = [record for record in read_metrics(run_dir) if record["phase"].startswith("prune_step")]
+    assert [record["phase"] for record in fine_tuned] == ["prune_step1", "prune_step2"]
+    assert all(set(record["loss"]) == {"ce", "kd"} for record in fine_tuned)  # the distillation loss is kept
     phases = read_summary(run_dir)["phases"]
     assert list(phases) == ["teacher", "independent", "distilled", "pruned", "quantized"]
     fields = {"source", "test_acc", "test_acc_last", "best_epoch", "best_val_acc", "params", "seconds", "weights",
