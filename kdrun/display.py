@@ -104,6 +104,6 @@ def print_results(summary: dict[str, Any], run_dir: Path, console: Console, file
     table = results_table(summary)
     console.print(table)
     console.print(f"run dir: {run_dir}", markup=False, highlight=False, soft_wrap=True)
-    plain = Console(file=io.StringIO(), width=110, color_system=None, legacy_windows=False)
+    plain = Console(file=io.StringIO(), width=130, color_system=None, legacy_windows=False)
     plain.print(table)
     file_log.info("%s\nrun dir: %s", plain.file.getvalue().rstrip(), run_dir)
