@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 
@@ -26,6 +26,36 @@ class TrainerSchema:
     precision: str = MISSING
     channels_last: Any = MISSING
     compile: bool = MISSING
+
+
+@dataclass
+class PruneSchema:
+    amount: float = MISSING
+    structure: str = MISSING
+    steps: int = MISSING
+    finetune_epochs: int = MISSING
+
+
+@dataclass
+class QuantizeSchema:
+    scheme: str = MISSING
+    calibration_batches: int = MISSING
+    qat_epochs: int = MISSING
+
+
+@dataclass
+class MeasureSchema:
+    batch_size: Optional[int] = None
+    repeats: int = MISSING
+
+
+@dataclass
+class CompressionSchema:
+    """Options of the compression stages (kdrun/compression/); checked by each stage."""
+
+    prune: PruneSchema = field(default_factory=PruneSchema)
+    quantize: QuantizeSchema = field(default_factory=QuantizeSchema)
+    measure: MeasureSchema = field(default_factory=MeasureSchema)
 
 
 @dataclass
@@ -48,6 +78,8 @@ class RootSchema:
     cache_dir: str = MISSING
     resume: bool = MISSING
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
+    compress: List[str] = field(default_factory=list)
+    compression: CompressionSchema = field(default_factory=CompressionSchema)
 
 
 def register_schema() -> None:
@@ -83,6 +115,13 @@ def validate(cfg: DictConfig) -> None:
         "try trainer.eval_batch_size=1024",
     )
     _check(cfg.lr > 0, f"lr={cfg.lr} must be > 0", "try lr=0.001")
+    measure = cfg.compression.measure
+    _check(measure.repeats >= 1, f"compression.measure.repeats={measure.repeats} must be >= 1", "try 20")
+    _check(
+        measure.batch_size is None or measure.batch_size >= 1,
+        f"compression.measure.batch_size={measure.batch_size} must be >= 1",
+        "or null for trainer.eval_batch_size",
+    )
     for group in ("dataset", "teacher", "student", "method"):
         _check(
             isinstance(cfg[group], DictConfig) and "name" in cfg[group],

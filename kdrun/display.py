@@ -17,6 +17,7 @@ from rich.table import Table
 from kdrun.training.loop import EpochRecord
 
 PHASE_LABELS = {"teacher": "teacher", "independent": "independent", "distilled": "distilled"}
+COMPRESSION_COLUMNS = ("non-zero", "MB", "CPU ms")  # shown when a run has compression stages
 
 
 class ConsoleLogHandler(logging.Handler):
@@ -63,7 +64,9 @@ class ProgressDisplay:
 def results_table(summary: dict[str, Any]) -> Table:
     """Teacher / independent / distilled: test accuracy (best-val weights and last epoch), size, time."""
     table = Table(title=f"kdrun: {summary.get('dataset', {}).get('name', '')} ({summary['status']})", title_justify="left")
-    for column in ("phase", "source", "test acc", "last epoch", "best epoch", "params", "time"):
+    compressed = any("latency_ms" in result for result in summary["phases"].values())
+    columns = ("phase", "source", "test acc", "last epoch", "best epoch", "params", "time")
+    for column in columns + (COMPRESSION_COLUMNS if compressed else ()):
         table.add_column(column, justify="left" if column in ("phase", "source") else "right", no_wrap=True)
     for phase, result in summary["phases"].items():
         table.add_row(
@@ -74,6 +77,7 @@ def results_table(summary: dict[str, Any]) -> Table:
             "-" if result.get("best_epoch") is None else str(result["best_epoch"]),
             f"{result['params']:,}",
             f"{result['seconds']:.1f}s",
+            *(compression_cells(result) if compressed else ()),
         )
     gap = summary.get("gap_recovered")
     distilled = summary["phases"].get("distilled", {})
@@ -82,9 +86,17 @@ def results_table(summary: dict[str, Any]) -> Table:
         f"test acc: best-validation weights. {method}gap recovered: "
         + ("n/a" if gap is None else f"{gap:.2f}")
         + " = (distilled - independent) / (teacher - independent)"
+        + ("; MB: weights file on disk, CPU ms: median forward per batch" if compressed else "")
     )
     table.caption_justify = "left"
     return table
+
+
+def compression_cells(result: dict[str, Any]) -> tuple[str, ...]:
+    """Non-zero parameters, size on disk (MB) and median CPU ms per batch; '-' for rows not measured (teacher)."""
+    if "latency_ms" not in result:
+        return ("-",) * len(COMPRESSION_COLUMNS)
+    return (f"{result['nonzero_params']:,}", f"{result['size_mb']:.3f}", f"{result['latency_ms']:.2f}")
 
 
 def print_results(summary: dict[str, Any], run_dir: Path, console: Console, file_log: logging.Logger) -> None:
@@ -92,6 +104,6 @@ def print_results(summary: dict[str, Any], run_dir: Path, console: Console, file
     table = results_table(summary)
     console.print(table)
     console.print(f"run dir: {run_dir}", markup=False, highlight=False, soft_wrap=True)
-    plain = Console(file=io.StringIO(), width=110, color_system=None, legacy_windows=False)
+    plain = Console(file=io.StringIO(), width=130, color_system=None, legacy_windows=False)
     plain.print(table)
     file_log.info("%s\nrun dir: %s", plain.file.getvalue().rstrip(), run_dir)

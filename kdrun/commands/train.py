@@ -214,7 +214,7 @@ def console_stdout() -> Any:
     from rich.console import Console
 
     console = Console()
-    return console if console.is_terminal else Console(width=110)  # logs and pipes: don't squeeze to 80
+    return console if console.is_terminal else Console(width=130)  # logs and pipes: don't squeeze to 80 (130: room for compression columns)
 
 
 class run_logging:

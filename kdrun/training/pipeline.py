@@ -67,12 +67,21 @@ class Run:
         logits_seconds = self.cache_teacher_logits(method)
         log.info("distillation loss: %s", method.describe())
         extra = {"method": cfg.method.name, "T": cfg.T, "alpha": cfg.alpha, "teacher_logits_seconds": logits_seconds}
-        self.train_student("distilled", method, extra=extra)
+        student = self.train_student("distilled", method, extra=extra)
+        if cfg.compress:  # optional stages after distillation: prune, quantize (docs/compression.md)
+            from kdrun.compression.runner import compress_student
+
+            compress_student(self, student, method)
 
     def check_configuration(self) -> None:
         """Build the models and the method once, untrained, so config mistakes surface before any training."""
         teacher = self.new_model(self.cfg.teacher)
-        self.build_method(teacher, self.new_model(self.cfg.student))
+        student = self.new_model(self.cfg.student)
+        self.build_method(teacher, student)
+        if self.cfg.compress:
+            from kdrun.compression.runner import check_compression
+
+            check_compression(self, student)
 
     def cache_teacher_logits(self, method: Objective) -> float:
         """Teacher logits once per training sample instead of a teacher forward every step.
@@ -203,7 +212,7 @@ class Run:
         save_weights(weights, student, {"phase": "independent", "model": name})
         self.phases["independent"] = {**summary, "weights": str(weights), "cache_entry": str(entry)}
 
-    def train_student(self, phase: str, objective: Objective, extra: dict[str, Any] | None = None) -> None:
+    def train_student(self, phase: str, objective: Objective, extra: dict[str, Any] | None = None) -> nn.Module:
         """Both students start from the same seed: same initial weights, same batch order."""
         name = self.cfg.student.name
         torch.manual_seed(self.cfg.seed)
@@ -213,6 +222,7 @@ class Run:
         save_weights(weights, student, {"phase": phase, "model": name})
         self.phases[phase] = {**phase_summary(result, student, source="trained"), **(extra or {}), "weights": str(weights)}
         self.phases[phase]["extra_params"] = count_parameters(objective)  # adapters: trained, not exported
+        return student
 
     # -- shared helpers -----------------------------------------------------------------------------
     def new_model(self, model_cfg: DictConfig) -> nn.Module:

@@ -22,6 +22,7 @@ class MetricsLog:
         self.epochs_by_phase = epochs_by_phase
 
     def phase_started(self, phase: str, epochs: int, steps_per_epoch: int) -> None:
+        self.epochs_by_phase.setdefault(phase, epochs)  # phases not known up front (compression fine-tuning)
         log.info("%s: %d epochs x %d steps", phase, epochs, steps_per_epoch)
 
     def step_done(self, phase: str) -> None:
