@@ -26,6 +26,7 @@ class TrainerSchema:
     precision: str = MISSING
     channels_last: Any = MISSING
     compile: bool = MISSING
+    tensorboard: Any = MISSING  # auto | true | false
 
 
 @dataclass

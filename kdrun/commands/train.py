@@ -130,12 +130,16 @@ def execute(cfg: Any, run_dir: Path, overrides: list[str], console: Any, file_lo
     from kdrun.display import print_results
     from kdrun.training.pipeline import Run
     from kdrun.training.run_files import MetricsLog, Observers
+    from kdrun.training.tensorboard_log import TensorBoardLog, wants_tensorboard
 
     try:
         validate(cfg)
         ensure_fresh_run_dir(run_dir, cfg.resume)
         epochs = {"teacher": cfg.teacher_epochs, "independent": cfg.student_epochs, "distilled": cfg.student_epochs}
-        run = Run(cfg, run_dir, Observers([MetricsLog(run_dir / "metrics.jsonl", epochs), display]))
+        observers = [MetricsLog(run_dir / "metrics.jsonl", epochs), display]
+        if wants_tensorboard(cfg.trainer.tensorboard):
+            observers.append(TensorBoardLog(run_dir / "tensorboard"))
+        run = Run(cfg, run_dir, Observers(observers))
     except ConfigError:
         discard_empty_run_dir(run_dir)  # bad input: leave nothing behind that looks like a run
         raise
