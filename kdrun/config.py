@@ -27,6 +27,7 @@ class TrainerSchema:
     channels_last: Any = MISSING
     compile: bool = MISSING
     tensorboard: Any = MISSING  # auto | true | false
+    threads: Any = MISSING  # auto | int >= 1
 
 
 @dataclass

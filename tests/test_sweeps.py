@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,9 @@ def test_sweep_reuses_models_aggregates_and_reports(tmp_path: Path, launcher: st
         assert sources == ["cache", "cache", "cache", "trained"], (phase, sources)
         assert len({summary["phases"][phase]["test_acc"] for summary in summaries}) == 1  # the same model each time
     assert {summary["phases"]["distilled"]["source"] for summary in summaries} == {"trained"}
+    if launcher == "joblib":  # two jobs at once share the cores instead of oversubscribing them
+        threads = max(1, (os.cpu_count() or 1) // 2)
+        assert all(f"CPU threads: {threads} (2 job(s) at once)" in log.read_text() for log in sweep_dir.rglob("train.log"))
 
     with open(sweep_dir / "sweep.csv") as stream:
         rows = list(csv.DictReader(stream))

@@ -81,13 +81,16 @@ def task(cfg: Any) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from kdrun.training.device import parallel_jobs
+
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir).resolve()
     overrides = list(hydra_config.overrides.task)
     multirun = hydra_config.mode == RunMode.MULTIRUN
+    jobs_at_once = parallel_jobs(hydra_config.launcher) if multirun else 1
     with run_logging(run_dir, cfg.trainer.progress) as (console, file_log, display):
         try:
-            summary = execute(cfg, run_dir, overrides, console, file_log, display)
+            summary = execute(cfg, run_dir, overrides, console, file_log, display, jobs_at_once)
         except KdrunError as error:
             if full_errors_requested():
                 raise
@@ -125,15 +128,20 @@ def record_sweep_job(cfg: Any, sweep_dir: Path, job: int, summary: dict) -> None
     append_sweep_row(sweep_dir, sweep_row(job, summary, settings))
 
 
-def execute(cfg: Any, run_dir: Path, overrides: list[str], console: Any, file_log: Any, display: Any) -> dict:
+def execute(
+    cfg: Any, run_dir: Path, overrides: list[str], console: Any, file_log: Any, display: Any, jobs_at_once: int = 1
+) -> dict:
     from kdrun.config import validate
     from kdrun.display import print_results
+    from kdrun.training.device import configure_threads
     from kdrun.training.pipeline import Run
     from kdrun.training.run_files import MetricsLog, Observers
     from kdrun.training.tensorboard_log import TensorBoardLog, wants_tensorboard
 
     try:
         validate(cfg)
+        threads = configure_threads(cfg.trainer.threads, jobs_at_once)
+        logging.getLogger("kdrun").info("CPU threads: %d (%d job(s) at once)", threads, jobs_at_once)
         ensure_fresh_run_dir(run_dir, cfg.resume)
         epochs = {"teacher": cfg.teacher_epochs, "independent": cfg.student_epochs, "distilled": cfg.student_epochs}
         observers = [MetricsLog(run_dir / "metrics.jsonl", epochs), display]
