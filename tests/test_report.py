@@ -46,14 +46,14 @@ def test_report_on_a_path_without_runs_is_one_line_error(tmp_path: Path) -> None
     assert not (tmp_path / "report.md").exists()
 
 
-def write_summary(path: Path, seed: int, alpha: float, distilled: float, teacher_weights: str) -> None:
+def write_summary(path: Path, seed: int, alpha: float, distilled: float, teacher_weights: str, overrides: tuple[str, ...] = ()) -> None:
     path.mkdir(parents=True)
     phases = {
         "teacher": {"source": "cache", "test_acc": 0.9, "best_val_acc": 0.91, "weights": teacher_weights},
         "independent": {"source": "trained", "test_acc": 0.5 + seed / 100, "best_val_acc": 0.5, "weights": f"s{seed}"},
         "distilled": {"source": "trained", "test_acc": distilled, "best_val_acc": distilled, "method": "weighted", "T": 4.0, "alpha": alpha},
     }
-    summary = {"status": "completed", "run_dir": str(path), "seed": seed, "overrides": [], "phases": phases, "gap_recovered": None}
+    summary = {"status": "completed", "run_dir": str(path), "seed": seed, "overrides": list(overrides), "phases": phases, "gap_recovered": None}
     path.joinpath("summary.json").write_text(json.dumps(summary))
 
 
@@ -68,3 +68,15 @@ def test_seeds_aggregate_to_mean_and_sample_std(tmp_path: Path) -> None:
     assert mean == sum(values.values()) / 3
     assert std == statistics.stdev(values.values())
     assert groups[1].mean_std("distilled") == (0.55, 0.0)
+
+
+def test_other_swept_settings_are_grouped_apart_not_averaged(tmp_path: Path) -> None:
+    for seed in (0, 1):
+        for scaled, value in (("true", 0.7), ("false", 0.8)):
+            overrides = (f"seed={seed}", f"method.scale_by_T2={scaled}", "dataset.root=/data")
+            write_summary(tmp_path / f"{scaled}{seed}", seed, 0.5, value + seed / 100, "teacher-1", overrides)
+    groups = group_runs(load_runs(tmp_path))
+    assert [(group.label(), len(group.runs)) for group in groups] == [
+        ("weighted (method.scale_by_T2=false)", 2), ("weighted (method.scale_by_T2=true)", 2),
+    ]  # dataset.root is the same everywhere, so it does not split or label the groups
+    assert groups[0].mean_std("distilled")[0] == (0.8 + 0.81) / 2

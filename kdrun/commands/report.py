@@ -61,7 +61,10 @@ def results_table(path: Path, groups: list) -> Any:
 
     table = Table(title=f"kdrun report: {path.name} (mean ± std over seeds)")
     for header in HEADERS:
-        table.add_column(header, justify="left" if header == "method" else "right")
+        if header == "method":  # may carry the swept settings: fold it rather than cut it off
+            table.add_column(header, justify="left", overflow="fold", min_width=24)
+        else:
+            table.add_column(header, justify="right")
     for group in groups:
         table.add_row(*group_cells(group))
     return table

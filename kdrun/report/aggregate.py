@@ -11,12 +11,17 @@ from kdrun.report.load import PHASES, RunRecord
 
 @dataclass
 class Group:
-    """Completed runs with the same method, T and alpha (any seeds)."""
+    """Completed runs with the same method, T, alpha and other swept settings (any seeds)."""
 
     method: Optional[str]
     T: Optional[float]
     alpha: Optional[float]
     runs: list[RunRecord]
+    variant: str = ""  # the other overrides that vary across the sweep, e.g. "method.scale_by_T2=false"
+
+    def label(self) -> str:
+        name = self.method or "-"
+        return f"{name} ({self.variant})" if self.variant else name
 
     def values(self, phase: str, key: str = "test_acc") -> list[float]:
         return [value for value in (run.accuracy(phase, key) for run in self.runs) if value is not None]
@@ -35,15 +40,32 @@ def mean_std(values: list[float]) -> tuple[Optional[float], Optional[float]]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
+GROUPED_APART = {"seed", "method", "T", "alpha"}  # seeds are averaged; the others have their own columns
+
+
+def varying_overrides(records: list[RunRecord]) -> dict[str, str]:
+    """run_dir -> the overrides that differ between runs (besides seed/method/T/alpha), as one label.
+
+    A sweep over, say, `method.scale_by_T2=true,false` must not average the two settings together.
+    """
+    settings = [dict(item.split("=", 1) for item in record.overrides if "=" in item) for record in records]
+    keys = sorted({key for setting in settings for key in setting} - GROUPED_APART)
+    varying = [key for key in keys if len({setting.get(key) for setting in settings}) > 1]
+    return {
+        str(record.run_dir): ", ".join(f"{key}={setting[key]}" for key in varying if key in setting)
+        for record, setting in zip(records, settings)
+    }
+
+
 def group_runs(records: list[RunRecord]) -> list[Group]:
     completed = [record for record in records if record.status == "completed"]
+    variants = varying_overrides(completed)
     groups: dict[tuple, list[RunRecord]] = {}
     for record in completed:
-        groups.setdefault((record.method or "", record.T, record.alpha), []).append(record)
-    return [
-        Group(method or None, T, alpha, runs)
-        for (method, T, alpha), runs in sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] or 0, item[0][2] or 0))
-    ]
+        key = (record.method or "", record.T, record.alpha, variants[str(record.run_dir)])
+        groups.setdefault(key, []).append(record)
+    ordered = sorted(groups.items(), key=lambda item: (item[0][0], item[0][1] or 0, item[0][2] or 0, item[0][3]))
+    return [Group(method or None, T, alpha, runs, variant) for (method, T, alpha, variant), runs in ordered]
 
 
 def reference_level(records: list[RunRecord], phase: str) -> tuple[Optional[float], Optional[float]]:

@@ -35,7 +35,7 @@ def fmt(mean: Optional[float], std: Optional[float], digits: int = 4) -> str:
 
 def group_cells(group: Group) -> list[str]:
     return [
-        group.method or "-", f"{group.T:g}" if group.T is not None else "-", f"{group.alpha:g}" if group.alpha is not None else "-",
+        group.label(), f"{group.T:g}" if group.T is not None else "-", f"{group.alpha:g}" if group.alpha is not None else "-",
         str(len(group.runs)), fmt(*group.mean_std("teacher")), fmt(*group.mean_std("independent")),
         fmt(*group.mean_std("distilled", "best_val_acc")), fmt(*group.mean_std("distilled")), fmt(*group.gap(), digits=2),
     ]
