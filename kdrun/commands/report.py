@@ -37,7 +37,7 @@ def build_report(path: Path) -> None:
     console.print(results_table(path, groups))
     print_failures(console, records)
     console.print("tuning uses the validation split (distilled val = best_val_acc); report the test split (test_acc)")
-    console.print(f"wrote {path / 'report.md'}, {path / 'report.csv'} and {len(plots)} plot(s)", soft_wrap=True)
+    console.print(f"wrote {path / 'report.md'}, {path / 'report.csv'} and {len(plots)} plot(s)", soft_wrap=True, markup=False)
 
 
 def make_plots(path: Path, records: list, groups: list, reference_level: Any, learning_curves: Any, read_metrics: Any) -> list[Path]:
@@ -71,6 +71,8 @@ def results_table(path: Path, groups: list) -> Any:
 
 
 def print_failures(console: Any, records: list) -> None:
+    from rich.markup import escape  # run dir names hold overrides such as compress=[prune]: not markup
+
     for record in records:
         if record.status != "completed":
-            console.print(f"[red]{record.status}[/red] {record.run_dir.name}: {record.error}", soft_wrap=True)
+            console.print(f"[red]{record.status}[/red] {escape(f'{record.run_dir.name}: {record.error}')}", soft_wrap=True)

@@ -168,7 +168,7 @@ def execute(
         fail("interrupted; partial results are in " + str(run_dir), 130)
     summary = write_summary(run, overrides, started, "completed")
     print_results(summary, run_dir, console_stdout(), file_log)
-    console_stdout().print(f"report: kdrun report {run_dir}", soft_wrap=True)
+    console_stdout().print(f"report: kdrun report {run_dir}", soft_wrap=True, markup=False, highlight=False)
     return summary
 
 
