@@ -9,13 +9,33 @@ entries, summary.json) and prints; the other ranks print only their own errors, 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from kdrun.cli import fail, full_errors_requested
 from kdrun.errors import KdrunError
 from kdrun.training import distributed
+
+
+@contextlib.contextmanager
+def session() -> Iterator[None]:
+    """The process group around the whole command; a collective that fails becomes one error line.
+
+    When a rank dies, the others fail inside their next collective (gloo: "Connection closed by
+    peer") with a RuntimeError, unless torchrun stops them first. Either way the run has no
+    summary.json; the dead rank printed its own `kdrun: error:` line.
+    """
+    with distributed.session() as topology:
+        try:
+            yield
+        except RuntimeError as error:
+            if topology.world_size == 1 or full_errors_requested():
+                raise
+            first_line = " ".join(str(error).split())[:300]
+            fail(f"rank {topology.rank} of {topology.world_size} stopped: a collective operation failed ({first_line}) "
+                 "(another rank probably failed first: see its error above)", 1)
 
 
 def hydra_overrides() -> list[str]:

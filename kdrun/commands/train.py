@@ -35,8 +35,7 @@ def main(arguments: list[str]) -> None:
     if not OmegaConf.has_resolver("kdrun_suffix"):
         OmegaConf.register_new_resolver("kdrun_suffix", run_dir_suffix)
     app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(task)
-    from kdrun.commands.distributed_run import hydra_overrides
-    from kdrun.training.distributed import session
+    from kdrun.commands.distributed_run import hydra_overrides, session
 
     sys.argv = ["kdrun train", *flags_first(arguments), *hydra_overrides()]
     with failures_file() as failures, session():  # torchrun: the process group (docs/distributed.md)
