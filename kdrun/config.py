@@ -26,6 +26,8 @@ class TrainerSchema:
     precision: str = MISSING
     channels_last: Any = MISSING
     compile: bool = MISSING
+    tensorboard: Any = MISSING  # auto | true | false
+    threads: Any = MISSING  # auto | int >= 1
 
 
 @dataclass

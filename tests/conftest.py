@@ -58,6 +58,18 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         stream.write(header + array.astype(np.uint8).tobytes())
 
 
+def write_tree(root: Path, classes: dict[str, int], size: tuple[int, int] = (20, 14)) -> None:
+    """An ImageFolder tree: images alternating JPEG and PNG, one colour per class."""
+    from PIL import Image
+
+    for class_index, (name, count) in enumerate(classes.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for item in range(count):
+            colour = (40 * class_index, 255 - 40 * class_index, 100)
+            suffix = "jpg" if item % 2 == 0 else "png"
+            Image.new("RGB", size, colour).save(root / name / f"{item}.{suffix}")
+
+
 @pytest.fixture
 def tiny_mnist(tmp_path: Path) -> Path:
     """A 200 + 60 image MNIST in IDX .gz format: each class is a distinct bright square position."""

@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from kdrun.data import DATASETS, make_splits
-from kdrun.data.base import stratified_partition
+from kdrun.data.base import Split, stratified_partition
 from kdrun.data.batches import InMemoryBatches
 from kdrun.data.idx import find_idx_files
 from kdrun.errors import ConfigError
+
+CPU = torch.device("cpu")
 
 
 def test_mnist_reads_idx_gz(tiny_mnist: Path):
@@ -97,3 +99,13 @@ def test_batches_normalise_and_carry_sample_indices():
     assert torch.equal(batch.targets, splits.train.labels[batch.indices])
     everything = torch.cat([b.inputs for b in InMemoryBatches(splits.train, splits.mean, splits.std, 4096, torch.device("cpu"), False)])
     assert everything.mean().abs() < 1e-4 and (everything.std() - 1).abs() < 1e-3
+
+
+def test_training_batches_skip_a_trailing_single_sample_but_evaluation_keeps_it():
+    split = Split(torch.zeros(25, 1, 2, 2, dtype=torch.uint8), torch.arange(25) % 3)
+    training = InMemoryBatches(split, [0.0], [1.0], 12, CPU, shuffle=True, seed=0)
+    evaluation = InMemoryBatches(split, [0.0], [1.0], 12, CPU, shuffle=False)
+    assert [len(batch.targets) for batch in training] == [12, 12] and len(training) == 2
+    assert [len(batch.targets) for batch in evaluation] == [12, 12, 1] and evaluation.num_samples == 25
+    seen = torch.cat([torch.cat([batch.indices for batch in training]) for _ in range(6)])
+    assert set(seen.tolist()) == set(range(25))  # reshuffled: every sample is used over epochs

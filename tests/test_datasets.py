@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from conftest import run_kdrun, write_idx
+from conftest import run_kdrun, write_idx, write_tree
 from kdrun.data import DATASETS
 from kdrun.data.augment import build_augmentation
 from kdrun.errors import ConfigError
@@ -35,16 +34,6 @@ def tiny_cifar10(tmp_path: Path) -> Path:
     with open(folder / "batches.meta", "wb") as stream:
         pickle.dump({b"label_names": [name.encode() for name in "abcdefghij"], b"num_vis": 3072}, stream, protocol=2)
     return tmp_path / "cifar"
-
-
-def write_tree(root: Path, classes: dict[str, int], size: tuple[int, int] = (20, 14)) -> None:
-    """Images alternating JPEG and PNG, one colour per class."""
-    for class_index, (name, count) in enumerate(classes.items()):
-        (root / name).mkdir(parents=True, exist_ok=True)
-        for item in range(count):
-            colour = (40 * class_index, 255 - 40 * class_index, 100)
-            suffix = "jpg" if item % 2 == 0 else "png"
-            Image.new("RGB", size, colour).save(root / name / f"{item}.{suffix}")
 
 
 def test_cifar10_pickles_load_with_shapes_labels_and_names(tiny_cifar10: Path):

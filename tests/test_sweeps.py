@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,9 @@ def test_sweep_reuses_models_aggregates_and_reports(tmp_path: Path, launcher: st
         assert sources == ["cache", "cache", "cache", "trained"], (phase, sources)
         assert len({summary["phases"][phase]["test_acc"] for summary in summaries}) == 1  # the same model each time
     assert {summary["phases"]["distilled"]["source"] for summary in summaries} == {"trained"}
+    if launcher == "joblib":  # two jobs at once share the cores instead of oversubscribing them
+        threads = max(1, (os.cpu_count() or 1) // 2)
+        assert all(f"CPU threads: {threads} (2 job(s) at once)" in log.read_text() for log in sweep_dir.rglob("train.log"))
 
     with open(sweep_dir / "sweep.csv") as stream:
         rows = list(csv.DictReader(stream))
@@ -64,3 +68,40 @@ def check_report_matches(sweep_dir: Path, summaries: list[dict]) -> None:
             assert len(set(image.convert("L").tobytes())) > 10  # not a blank canvas
     markdown = (sweep_dir / "report.md").read_text()
     assert "validation" in markdown and "test" in markdown and "4 completed" in markdown
+
+
+def test_optuna_sweep_maximises_the_distilled_validation_accuracy(tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep_dir = tmp_path / "optuna"
+    result = run_kdrun(
+        "train", "-m", "hydra/sweeper=kdrun_optuna", "hydra.sweeper.n_trials=2", *TINY,
+        f"hydra.sweep.dir={sweep_dir}", f"cache_dir={tmp_path / 'cache'}", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summaries = summaries_below(sweep_dir)
+    assert len(summaries) == 2 and len({(s["phases"]["distilled"]["alpha"], s["phases"]["distilled"]["T"]) for s in summaries}) == 2
+    best_value = float(yaml_value(sweep_dir / "optimization_results.yaml", "best_value"))
+    assert best_value == max(summary["phases"]["distilled"]["best_val_acc"] for summary in summaries)
+
+
+def yaml_value(path: Path, key: str) -> str:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(path)[key]
+
+
+def test_tensorboard_event_files_per_phase(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = tmp_path / "run"
+    result = run_kdrun("train", *TINY, f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for phase in ("teacher", "independent", "distilled"):
+        events = EventAccumulator(str(run_dir / "tensorboard" / phase))
+        events.Reload()
+        val_curve = [event.value for event in events.Scalars("accuracy/val")]
+        expected = [line["val_acc"] for line in metrics if line["phase"] == phase]
+        assert val_curve == pytest.approx(expected)
+        assert "loss/ce" in events.Tags()["scalars"]

@@ -72,6 +72,7 @@ class SilentObserver:
 def run_other_rank(cfg: Any, run_dir: Path) -> float:
     """The same run as rank 0 (same data, seeds and collectives), without files or console output."""
     from kdrun.config import validate
+    from kdrun.training.device import configure_threads
     from kdrun.training.pipeline import Run
 
     logger = logging.getLogger("kdrun")
@@ -80,6 +81,7 @@ def run_other_rank(cfg: Any, run_dir: Path) -> float:
     topology = distributed.topology()
     try:
         validate(cfg)
+        configure_threads(cfg.trainer.threads, 1)  # as rank 0 does
         run = Run(cfg, run_dir, SilentObserver())
         run.execute()
     except KdrunError as error:

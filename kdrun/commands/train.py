@@ -85,18 +85,20 @@ def task(cfg: Any) -> float:
 
     from kdrun.commands.distributed_run import agree_on_run_dir, run_other_rank
     from kdrun.training import distributed
+    from kdrun.training.device import parallel_jobs
 
     hydra_config = HydraConfig.get()
     run_dir = Path(hydra_config.runtime.output_dir).resolve()
     overrides = list(hydra_config.overrides.task)
     multirun = hydra_config.mode == RunMode.MULTIRUN
+    jobs_at_once = parallel_jobs(hydra_config.launcher) if multirun else 1
     if distributed.is_active():  # torchrun: rank 0's run dir for all; the other ranks train silently
         run_dir = agree_on_run_dir(run_dir, multirun)
         if not distributed.is_main():
             return run_other_rank(cfg, run_dir)
     with run_logging(run_dir, cfg.trainer.progress) as (console, file_log, display):
         try:
-            summary = execute(cfg, run_dir, overrides, console, file_log, display)
+            summary = execute(cfg, run_dir, overrides, console, file_log, display, jobs_at_once)
         except KdrunError as error:
             if full_errors_requested():
                 raise
@@ -134,17 +136,26 @@ def record_sweep_job(cfg: Any, sweep_dir: Path, job: int, summary: dict) -> None
     append_sweep_row(sweep_dir, sweep_row(job, summary, settings))
 
 
-def execute(cfg: Any, run_dir: Path, overrides: list[str], console: Any, file_log: Any, display: Any) -> dict:
+def execute(
+    cfg: Any, run_dir: Path, overrides: list[str], console: Any, file_log: Any, display: Any, jobs_at_once: int = 1
+) -> dict:
     from kdrun.config import validate
     from kdrun.display import print_results
+    from kdrun.training.device import configure_threads
     from kdrun.training.pipeline import Run
     from kdrun.training.run_files import MetricsLog, Observers
+    from kdrun.training.tensorboard_log import TensorBoardLog, wants_tensorboard
 
     try:
         validate(cfg)
+        threads = configure_threads(cfg.trainer.threads, jobs_at_once)
+        logging.getLogger("kdrun").info("CPU threads: %d (%d job(s) at once)", threads, jobs_at_once)
         ensure_fresh_run_dir(run_dir, cfg.resume)
         epochs = {"teacher": cfg.teacher_epochs, "independent": cfg.student_epochs, "distilled": cfg.student_epochs}
-        run = Run(cfg, run_dir, Observers([MetricsLog(run_dir / "metrics.jsonl", epochs), display]))
+        observers = [MetricsLog(run_dir / "metrics.jsonl", epochs), display]
+        if wants_tensorboard(cfg.trainer.tensorboard):
+            observers.append(TensorBoardLog(run_dir / "tensorboard"))
+        run = Run(cfg, run_dir, Observers(observers))
     except ConfigError:
         discard_empty_run_dir(run_dir)  # bad input: leave nothing behind that looks like a run
         raise

@@ -49,11 +49,14 @@ class InMemoryBatches:
         self.shift = -mean_tensor / std_tensor
 
     def __len__(self) -> int:
-        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+        return (self.num_samples + self.batch_size - 1) // self.batch_size
 
     @property
     def num_samples(self) -> int:
-        return len(self.labels)
+        """Samples per pass. Training skips a trailing batch of ONE sample: BatchNorm cannot train on a
+        single sample, and since the order is reshuffled every epoch no sample is left out for good."""
+        count = len(self.labels)
+        return count - 1 if self.shuffle and count > 1 and count % self.batch_size == 1 else count
 
     def __iter__(self) -> Iterator[Batch]:
         count = len(self.labels)
@@ -61,7 +64,7 @@ class InMemoryBatches:
             order = torch.randperm(count, generator=self.generator).to(self.device)
         else:
             order = torch.arange(count, device=self.device)
-        for start in range(0, count, self.batch_size):
+        for start in range(0, self.num_samples, self.batch_size):
             indices = order[start : start + self.batch_size]
             images = self.images[indices]
             if self.augment is not None:

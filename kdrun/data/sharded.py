@@ -26,8 +26,10 @@ from kdrun.training import distributed
 class ShardedBatches(InMemoryBatches):
     """This rank's share of an InMemoryBatches; the step count is identical on every rank (DDP needs it).
 
-    A last global batch with fewer samples than ranks is dropped (some rank would get none); at
-    most world_size - 1 samples per epoch, different ones each epoch when shuffling.
+    A last global batch too small to give every rank 2 samples is skipped (a rank with none would
+    stall DDP, BatchNorm cannot train on one): at most 2 x world_size - 1 samples per epoch,
+    different ones every epoch since the order is reshuffled. A single process skips only a
+    trailing batch of one sample, so runs with such a remainder differ in those samples.
     """
 
     def __init__(self, split: Split, mean: list[float], std: list[float], batch_size: int, device: torch.device,
@@ -43,13 +45,14 @@ class ShardedBatches(InMemoryBatches):
         if shuffle:
             self.batch_size = batch_size // self.world_size
         self.current_global_size = batch_size
+        self.smallest_last_batch = 2 * self.world_size
 
     def __len__(self) -> int:
         if not self.shuffle:
             own = len(self._evaluation_share())
             return (own + self.batch_size - 1) // self.batch_size
         full, rest = divmod(len(self.labels), self.global_batch_size)
-        return full + (1 if rest >= self.world_size else 0)
+        return full + (1 if rest >= self.smallest_last_batch else 0)
 
     @property
     def num_samples(self) -> int:
@@ -58,7 +61,7 @@ class ShardedBatches(InMemoryBatches):
         if not self.shuffle:
             return count
         rest = count % self.global_batch_size
-        return count - (rest if rest < self.world_size else 0)
+        return count - (rest if rest < self.smallest_last_batch else 0)
 
     def __iter__(self) -> Iterator[Batch]:
         if not self.shuffle:
@@ -68,7 +71,7 @@ class ShardedBatches(InMemoryBatches):
         order = torch.randperm(count, generator=self.generator).to(self.device)
         for start in range(0, count, self.global_batch_size):
             global_batch = order[start : start + self.global_batch_size]
-            if len(global_batch) < self.world_size:
+            if len(global_batch) < self.smallest_last_batch:
                 break
             self.current_global_size = len(global_batch)  # read by DistributedObjective to weight this step
             yield self._batch(torch.tensor_split(global_batch, self.world_size)[self.rank])
