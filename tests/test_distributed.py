@@ -122,3 +122,38 @@ def test_single_process_helpers_are_no_ops():
     assert distributed.broadcast_object("x") == "x"
     objective = torch.nn.Identity()
     assert distributed.synchronised(torch.nn.Linear(1, 1), objective, None) is objective
+
+
+needs_submitit = pytest.mark.skipif(
+    importlib.util.find_spec("hydra_plugins.hydra_submitit_launcher") is None,
+    reason="hydra-submitit-launcher is not installed (pip install 'kdrun[slurm]')",
+)
+
+
+@needs_submitit
+def test_slurm_launcher_config_composes_without_a_cluster(tmp_path):
+    result = run_kdrun("train", "hydra/launcher=kdrun_slurm", "hydra.launcher.partition=gpu", "--cfg", "hydra", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    launcher = result.stdout.split("  launcher:\n", 1)[1].split("\n  sweeper:", 1)[0]
+    assert "_target_: hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in launcher
+    for line in ("tasks_per_node: 1", "gpus_per_node: 1", "partition: gpu", "submitit_folder: ${hydra.sweep.dir}/.submitit/%j"):
+        assert line in launcher
+    assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow  # ~30 s of process starts on 2 cores (submitit runs every job in a fresh interpreter)
+@needs_submitit
+def test_submitit_jobs_train_the_teacher_once(tmp_path):
+    """submitit's local executor runs each job in its own process, as SLURM would on other nodes:
+    the cache lock makes exactly one job train the teacher and the independent student."""
+    sweep = tmp_path / "sweep"
+    result = run_kdrun(
+        "train", "-m", "hydra/launcher=submitit_local", "T=2,4", "teacher_epochs=1", "student_epochs=1",
+        "trainer.progress=false", "dataset.max_train_samples=200", "teacher.hidden=[16]",
+        f"cache_dir={tmp_path / 'cache'}", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (sweep / "sweep.jsonl").read_text().splitlines()]
+    assert sorted(row["status"] for row in rows) == ["completed", "completed"]
+    for phase in ("teacher", "independent"):
+        assert sorted(row[f"{phase}_source"] for row in rows) == ["cache", "trained"]
