@@ -17,9 +17,12 @@ import torch
 from torch import nn
 
 from kdrun.errors import ConfigError
+from kdrun.training.distributed import is_main
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
+    if not is_main():  # under torchrun rank 0 writes the one copy (kdrun/training/distributed.py)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

@@ -35,8 +35,10 @@ def main(arguments: list[str]) -> None:
     if not OmegaConf.has_resolver("kdrun_suffix"):
         OmegaConf.register_new_resolver("kdrun_suffix", run_dir_suffix)
     app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(task)
-    sys.argv = ["kdrun train", *flags_first(arguments)]
-    with failures_file() as failures:
+    from kdrun.commands.distributed_run import hydra_overrides, session
+
+    sys.argv = ["kdrun train", *flags_first(arguments), *hydra_overrides()]
+    with failures_file() as failures, session():  # torchrun: the process group (docs/distributed.md)
         try:
             app()
         except (HydraException, OmegaConfBaseException) as error:
@@ -81,6 +83,8 @@ def task(cfg: Any) -> float:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from kdrun.commands.distributed_run import agree_on_run_dir, run_other_rank
+    from kdrun.training import distributed
     from kdrun.training.device import parallel_jobs
 
     hydra_config = HydraConfig.get()
@@ -88,6 +92,10 @@ def task(cfg: Any) -> float:
     overrides = list(hydra_config.overrides.task)
     multirun = hydra_config.mode == RunMode.MULTIRUN
     jobs_at_once = parallel_jobs(hydra_config.launcher) if multirun else 1
+    if distributed.is_active():  # torchrun: rank 0's run dir for all; the other ranks train silently
+        run_dir = agree_on_run_dir(run_dir, multirun)
+        if not distributed.is_main():
+            return run_other_rank(cfg, run_dir)
     with run_logging(run_dir, cfg.trainer.progress) as (console, file_log, display):
         try:
             summary = execute(cfg, run_dir, overrides, console, file_log, display, jobs_at_once)

@@ -18,8 +18,10 @@ import torch
 from torch import nn
 
 from kdrun.data.batches import InMemoryBatches
+from kdrun.data.sharded import sum_over_ranks
 from kdrun.errors import RunError
 from kdrun.methods.base import Objective
+from kdrun.training import distributed
 from kdrun.training.speed import SpeedSettings
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -91,6 +93,7 @@ def train_phase(
         RunError: when the loss stops being finite (the phase cannot produce a usable model).
     """
     started = time.perf_counter()
+    objective = distributed.synchronised(model, objective, train_batches)  # DDP under torchrun; unchanged in one process
     optimizer = settings.make_optimizer(list(model.parameters()) + list(objective.parameters()))
     scheduler = settings.make_scheduler(optimizer) if settings.make_scheduler else None
     scaler = settings.speed.gradient_scaler()
@@ -157,6 +160,7 @@ def _train_one_epoch(
             term_sums[name] = term_sums.get(name, 0) + value.detach() * size
         correct += (logits.detach().argmax(dim=1) == batch.targets).sum()
         observer.step_done(phase)
+    term_sums, correct = sum_over_ranks(batches, term_sums, correct)  # sharded under torchrun; else no-op
     samples = batches.num_samples
     loss_means = {name: float(total) / samples for name, total in term_sums.items()}  # one sync per epoch
     if not all(math.isfinite(value) for value in loss_means.values()):
@@ -185,4 +189,5 @@ def evaluate(model: nn.Module, batches: InMemoryBatches) -> float:
     with torch.inference_mode():
         for batch in batches:
             correct += (model(batch.inputs).argmax(dim=1) == batch.targets).sum()
+    _, correct = sum_over_ranks(batches, {}, correct)  # under torchrun each rank evaluated its share
     return float(correct) / max(batches.num_samples, 1)

@@ -19,6 +19,7 @@ from kdrun.data import DATASETS, DataSplits, make_splits
 from kdrun.data.augment import build_augmentation
 from kdrun.data.base import override_normalisation
 from kdrun.data.batches import InMemoryBatches
+from kdrun.data.sharded import batches_for_this_rank
 from kdrun.errors import ConfigError
 from kdrun.files import load_tensor, load_weights, save_tensor, save_weights
 from kdrun.methods import METHODS, CrossEntropy, FrozenTeacher, Objective
@@ -26,7 +27,9 @@ from kdrun.models import build_model, check_output, count_parameters
 from kdrun.training.device import resolve_device
 from kdrun.training.loop import PhaseObserver, PhaseResult, PhaseSettings, evaluate, train_phase
 from kdrun.training.speed import resolve_speed
-from kdrun.training.teacher_cache import ModelCache, TeacherCache, cache_key
+from kdrun.training import distributed
+from kdrun.training.rank_cache import RankAwareCache
+from kdrun.training.teacher_cache import cache_key
 
 log = logging.getLogger("kdrun")
 
@@ -40,7 +43,7 @@ class Run:
         self.cfg = cfg
         self.run_dir = run_dir
         self.observer = observer
-        self.device = resolve_device(cfg.device)
+        self.device = distributed.place(resolve_device(cfg.device))
         trainer = cfg.trainer
         self.speed = resolve_speed(trainer.precision, trainer.channels_last, trainer.compile, self.device)
         self.phases: dict[str, dict[str, Any]] = {}
@@ -127,7 +130,7 @@ class Run:
         teacher = self.new_model(cfg.teacher)
         if checkpoint:
             return self.load_checkpoint_teacher(teacher, Path(checkpoint).expanduser().resolve())
-        cache = TeacherCache(Path(cfg.cache_dir).expanduser().resolve())
+        cache = RankAwareCache(Path(cfg.cache_dir).expanduser().resolve())
         identity = self.teacher_identity(name, options)
         entry = cache.entry(name, cache_key(identity))
         self.teacher_entry = entry
@@ -192,7 +195,7 @@ class Run:
         name = options.pop("name")
         identity = self.teacher_identity(name, options)
         identity["training"]["epochs"] = cfg.student_epochs
-        cache = ModelCache(Path(cfg.cache_dir).expanduser().resolve(), "students")
+        cache = RankAwareCache(Path(cfg.cache_dir).expanduser().resolve(), "students")
         entry = cache.entry(name, cache_key(identity))
         torch.manual_seed(cfg.seed)
         student = self.new_model(cfg.student)
@@ -248,7 +251,8 @@ class Run:
         """Batches over a split; 'train_eval' is the training split in evaluation batches, in order."""
         size = self.cfg.batch_size if shuffle else self.cfg.trainer.eval_batch_size
         part = self.splits["train" if split == "train_eval" else split]
-        return InMemoryBatches(
+        make = InMemoryBatches if split == "train_eval" else batches_for_this_rank  # teacher logits: whole split on every rank
+        return make(
             part, self.data.mean, self.data.std, size, self.device, shuffle, seed=self.cfg.seed,
             augment=self.augmentation if shuffle else None,
         )
