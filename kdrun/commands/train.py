@@ -149,7 +149,8 @@ def execute(
     try:
         validate(cfg)
         threads = configure_threads(cfg.trainer.threads, jobs_at_once)
-        logging.getLogger("kdrun").info("CPU threads: %d (%d job(s) at once)", threads, jobs_at_once)
+        if jobs_at_once > 1 or str(cfg.trainer.threads) != "auto":  # only news when kdrun changed torch's default
+            logging.getLogger("kdrun").info("CPU threads: %d (%d job(s) at once)", threads, jobs_at_once)
         ensure_fresh_run_dir(run_dir, cfg.resume)
         epochs = {"teacher": cfg.teacher_epochs, "independent": cfg.student_epochs, "distilled": cfg.student_epochs}
         observers = [MetricsLog(run_dir / "metrics.jsonl", epochs), display]
