@@ -129,6 +129,7 @@ def execute(cfg: Any, run_dir: Path, overrides: list[str], console: Any, file_lo
     from kdrun.config import validate
     from kdrun.display import print_results
     from kdrun.training.pipeline import Run
+    from kdrun.training.resume import prepare_resume, remove_checkpoints
     from kdrun.training.run_files import MetricsLog, Observers
 
     try:
@@ -136,6 +137,8 @@ def execute(cfg: Any, run_dir: Path, overrides: list[str], console: Any, file_lo
         ensure_fresh_run_dir(run_dir, cfg.resume)
         epochs = {"teacher": cfg.teacher_epochs, "independent": cfg.student_epochs, "distilled": cfg.student_epochs}
         run = Run(cfg, run_dir, Observers([MetricsLog(run_dir / "metrics.jsonl", epochs), display]))
+        if cfg.resume:
+            prepare_resume(cfg, run_dir)
     except ConfigError:
         discard_empty_run_dir(run_dir)  # bad input: leave nothing behind that looks like a run
         raise
@@ -153,8 +156,9 @@ def execute(cfg: Any, run_dir: Path, overrides: list[str], console: Any, file_lo
         raise
     except KeyboardInterrupt:
         write_summary(run, overrides, started, "interrupted", "interrupted by the user (Ctrl-C)")
-        fail("interrupted; partial results are in " + str(run_dir), 130)
+        fail(f"interrupted; the last epoch's checkpoint is kept in {run_dir} (continue: kdrun resume {run_dir})", 130)
     summary = write_summary(run, overrides, started, "completed")
+    remove_checkpoints(run_dir)  # a completed run is not resumed
     print_results(summary, run_dir, console_stdout(), file_log)
     console_stdout().print(f"report: kdrun report {run_dir}", soft_wrap=True)
     return summary
@@ -165,8 +169,10 @@ def write_summary(run: Any, overrides: list[str], started: Any, status: str, err
     import torch
 
     from kdrun.files import write_json_atomic
+    from kdrun.training.resume import mark_trained_here
     from kdrun.training.run_files import gap_recovered
 
+    mark_trained_here(run.phases, run.run_dir)
     data = run.data
     summary: dict[str, Any] = {
         "status": status,
@@ -196,7 +202,7 @@ def write_summary(run: Any, overrides: list[str], started: Any, status: str, err
 def ensure_fresh_run_dir(run_dir: Path, resume: bool) -> None:
     """Never mix two runs in one directory (nor overwrite a finished one)."""
     if resume:
-        raise ConfigError("resume=true is not supported yet", "start a new run without resume")
+        return  # resume.prepare_resume checks the run dir instead
     for name in RUN_RESULT_FILES:
         if (run_dir / name).exists():
             raise ConfigError(f"{run_dir} already holds a run ({name})", "pick another hydra.run.dir")
