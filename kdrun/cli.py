@@ -107,5 +107,5 @@ def describe_config_error(error: BaseException) -> str:
         text = f"{text.splitlines()[0]}: {str(cause).splitlines()[0]}"
         full_key = re.search(r"full_key: (\S+)", str(cause))
         if full_key:
-            text += f" (key: {full_key.group(1)})"
+            text += f" (key {full_key.group(1)}: give a value of its type, see `kdrun train --cfg job`)"
     return " ".join(text.split())

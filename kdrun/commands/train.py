@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import logging
 import os
 import shutil
@@ -18,6 +19,7 @@ from kdrun.config import config_dir, register_schema
 from kdrun.errors import ConfigError, KdrunError
 
 RUN_RESULT_FILES = ("summary.json", "metrics.jsonl")
+UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}  # bad input (exit 2), unlike a full disk
 SCAFFOLDING = {".hydra", "train.log", "metrics.jsonl"}  # what a run writes before any phase completes
 
 
@@ -43,6 +45,10 @@ def main(arguments: list[str]) -> None:
             if full_errors_requested():
                 raise
             fail(describe_config_error(error), 2)
+        except OSError as error:  # e.g. Hydra creating an unwritable hydra.run.dir, or a full disk
+            if full_errors_requested():
+                raise
+            fail(describe_os_error(error), 2 if error.errno in UNWRITABLE else 1)
         failed = failures.read_text().splitlines()
     if failed:  # multirun: the other jobs ran; the sweep as a whole did not complete
         fail(f"{len(failed)} job(s) of the sweep failed, the others completed: {failed[0]} (see sweep.csv in the sweep dir)", 1)
@@ -62,6 +68,13 @@ def failures_file() -> Any:
         os.environ.pop(FAILURES_ENV, None)
         for path in (name, name + ".lock"):
             Path(path).unlink(missing_ok=True)
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for a file system failure: which path, why, and what to change."""
+    where = f" {error.filename}" if error.filename else ""
+    hint = "free disk space" if error.errno == errno.ENOSPC else "pick a writable hydra.run.dir and cache_dir"
+    return f"cannot write{where}: {error.strerror or error} ({hint})"
 
 
 def run_dir_suffix(override_dirname: str) -> str:
