@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("kdrun.commands.train:main", "one run: teacher -> independent student -> distilled student (Hydra overrides)"),
     "bench": ("kdrun.commands.bench:main", "speed benchmark: kdrun's path side by side with a plain PyTorch loop"),
     "report": ("kdrun.commands.report:main", "tables, report.md/report.csv and plots for a run dir or a sweep dir"),
+    "resume": ("kdrun.commands.resume:main", "continue an interrupted or killed run from its last checkpoint: kdrun resume RUN_DIR"),
 }
 
 # Hydra flags that take a value, and --info's optional values; used to move flags before overrides.
@@ -30,8 +31,10 @@ INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchp
 def main(argv: Sequence[str] | None = None) -> None:
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments and arguments[0] in COMMANDS:
-        command = _load(COMMANDS[arguments[0]][0])
-        command(arguments[1:])
+        try:
+            _load(COMMANDS[arguments[0]][0])(arguments[1:])
+        except KeyboardInterrupt:  # Ctrl-C outside a run (a run records it in summary.json itself)
+            fail("interrupted (Ctrl-C)", 130)
         return
     _top_level_parser().parse_args(arguments or ["--help"])
 
@@ -104,5 +107,5 @@ def describe_config_error(error: BaseException) -> str:
         text = f"{text.splitlines()[0]}: {str(cause).splitlines()[0]}"
         full_key = re.search(r"full_key: (\S+)", str(cause))
         if full_key:
-            text += f" (key: {full_key.group(1)})"
+            text += f" (key {full_key.group(1)}: give a value of its type, see `kdrun train --cfg job`)"
     return " ".join(text.split())

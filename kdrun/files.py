@@ -82,12 +82,16 @@ def load_weights(path: Path, model: nn.Module, what: str) -> None:
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = [name for name in expected if name in state and tuple(state[name].shape) != tuple(expected[name].shape)]
     if missing or unexpected or wrong_shape:
-        detail = (
-            f"shape of '{wrong_shape[0]}' is {tuple(state[wrong_shape[0]].shape)}, "
-            f"the config's model has {tuple(expected[wrong_shape[0]].shape)}"
-            if wrong_shape
-            else f"missing keys {missing[:3]}, unexpected keys {unexpected[:3]}"
-        )
+        output_layer = list(expected)[-2:]  # weight and bias of the last layer: its rows are the classes
+        if wrong_shape and not missing and not unexpected and set(wrong_shape) <= set(output_layer):
+            name = wrong_shape[0]
+            detail = f"its class count is {state[name].shape[0]}, the dataset has {expected[name].shape[0]} classes"
+        elif wrong_shape:
+            name = wrong_shape[0]
+            detail = (f"a different architecture: shape of '{name}' is {tuple(state[name].shape)}, "
+                      f"the config's model has {tuple(expected[name].shape)}")
+        else:
+            detail = f"a different architecture: missing keys {missing[:3]}, unexpected keys {unexpected[:3]}"
         raise ConfigError(f"{what} {path} does not match the configured model: {detail}", "pass the matching model config")
     model.load_state_dict(state)
 

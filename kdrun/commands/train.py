@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import logging
 import os
 import shutil
@@ -18,6 +19,7 @@ from kdrun.config import config_dir, register_schema
 from kdrun.errors import ConfigError, KdrunError
 
 RUN_RESULT_FILES = ("summary.json", "metrics.jsonl")
+UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}  # bad input (exit 2), unlike a full disk
 SCAFFOLDING = {".hydra", "train.log", "metrics.jsonl"}  # what a run writes before any phase completes
 
 
@@ -45,6 +47,10 @@ def main(arguments: list[str]) -> None:
             if full_errors_requested():
                 raise
             fail(describe_config_error(error), 2)
+        except OSError as error:  # e.g. Hydra creating an unwritable hydra.run.dir, or a full disk
+            if full_errors_requested():
+                raise
+            fail(describe_os_error(error), 2 if error.errno in UNWRITABLE else 1)
         failed = failures.read_text().splitlines()
     if failed:  # multirun: the other jobs ran; the sweep as a whole did not complete
         fail(f"{len(failed)} job(s) of the sweep failed, the others completed: {failed[0]} (see sweep.csv in the sweep dir)", 1)
@@ -64,6 +70,13 @@ def failures_file() -> Any:
         os.environ.pop(FAILURES_ENV, None)
         for path in (name, name + ".lock"):
             Path(path).unlink(missing_ok=True)
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for a file system failure: which path, why, and what to change."""
+    where = f" {error.filename}" if error.filename else ""
+    hint = "free disk space" if error.errno == errno.ENOSPC else "pick a writable hydra.run.dir and cache_dir"
+    return f"cannot write{where}: {error.strerror or error} ({hint})"
 
 
 def run_dir_suffix(override_dirname: str) -> str:
@@ -143,6 +156,7 @@ def execute(
     from kdrun.display import print_results
     from kdrun.training.device import configure_threads
     from kdrun.training.pipeline import Run
+    from kdrun.training.resume import prepare_resume, remove_checkpoints
     from kdrun.training.run_files import MetricsLog, Observers
     from kdrun.training.tensorboard_log import TensorBoardLog, wants_tensorboard
 
@@ -157,6 +171,8 @@ def execute(
         if wants_tensorboard(cfg.trainer.tensorboard):
             observers.append(TensorBoardLog(run_dir / "tensorboard"))
         run = Run(cfg, run_dir, Observers(observers))
+        if cfg.resume:
+            prepare_resume(cfg, run_dir)
     except ConfigError:
         discard_empty_run_dir(run_dir)  # bad input: leave nothing behind that looks like a run
         raise
@@ -174,8 +190,9 @@ def execute(
         raise
     except KeyboardInterrupt:
         write_summary(run, overrides, started, "interrupted", "interrupted by the user (Ctrl-C)")
-        fail("interrupted; partial results are in " + str(run_dir), 130)
+        fail(f"interrupted; the last epoch's checkpoint is kept in {run_dir} (continue: kdrun resume {run_dir})", 130)
     summary = write_summary(run, overrides, started, "completed")
+    remove_checkpoints(run_dir)  # a completed run is not resumed
     print_results(summary, run_dir, console_stdout(), file_log)
     console_stdout().print(f"report: kdrun report {run_dir}", soft_wrap=True, markup=False, highlight=False)
     return summary
@@ -186,8 +203,10 @@ def write_summary(run: Any, overrides: list[str], started: Any, status: str, err
     import torch
 
     from kdrun.files import write_json_atomic
+    from kdrun.training.resume import mark_trained_here
     from kdrun.training.run_files import gap_recovered
 
+    mark_trained_here(run.phases, run.run_dir)
     data = run.data
     summary: dict[str, Any] = {
         "status": status,
@@ -217,7 +236,7 @@ def write_summary(run: Any, overrides: list[str], started: Any, status: str, err
 def ensure_fresh_run_dir(run_dir: Path, resume: bool) -> None:
     """Never mix two runs in one directory (nor overwrite a finished one)."""
     if resume:
-        raise ConfigError("resume=true is not supported yet", "start a new run without resume")
+        return  # resume.prepare_resume checks the run dir instead
     for name in RUN_RESULT_FILES:
         if (run_dir / name).exists():
             raise ConfigError(f"{run_dir} already holds a run ({name})", "pick another hydra.run.dir")

@@ -22,6 +22,7 @@ from kdrun.data.sharded import sum_over_ranks
 from kdrun.errors import RunError
 from kdrun.methods.base import Objective
 from kdrun.training import distributed
+from kdrun.training.checkpoint import PhaseCheckpoint, Progress
 from kdrun.training.speed import SpeedSettings
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
@@ -73,6 +74,7 @@ class PhaseSettings:
     make_optimizer: OptimizerFactory
     make_scheduler: SchedulerFactory = None
     speed: SpeedSettings = SpeedSettings(None, "cpu", False, False)
+    checkpoint: Optional[PhaseCheckpoint] = None  # per-epoch state on disk, restored on resume
 
 
 def train_phase(
@@ -100,8 +102,14 @@ def train_phase(
     observer.phase_started(phase, settings.epochs, len(train_batches))
     best_state, best_epoch = copy.deepcopy(model.state_dict()), 0
     best_val_acc = evaluate(model, val_batches) if settings.epochs == 0 else -1.0
-    history = []
-    for epoch in range(1, settings.epochs + 1):
+    history, first_epoch, checkpoint = [], 1, settings.checkpoint
+    if checkpoint is not None:
+        checkpoint.bind(model, objective, optimizer, scheduler, scaler, train_batches)
+        resumed = checkpoint.restore(EpochRecord)
+        if resumed is not None:
+            first_epoch, best_state, best_epoch, best_val_acc, history = (
+                resumed.epoch + 1, resumed.best_state, resumed.best_epoch, resumed.best_val_acc, resumed.history)
+    for epoch in range(first_epoch, settings.epochs + 1):
         first_step = (epoch - 1) * len(train_batches)
         record = _train_one_epoch(
             phase, epoch, model, objective, optimizer, train_batches, observer, first_step,
@@ -115,6 +123,8 @@ def train_phase(
         if record.val_acc > best_val_acc:
             best_val_acc, best_epoch = record.val_acc, epoch
             best_state = copy.deepcopy(model.state_dict())
+        if checkpoint is not None:
+            checkpoint.save(phase, Progress(epoch, best_state, best_epoch, best_val_acc, history))
     test_acc_last = evaluate(model, test_batches)
     model.load_state_dict(best_state)
     test_acc = evaluate(model, test_batches)

@@ -26,6 +26,7 @@ from kdrun.methods import METHODS, CrossEntropy, FrozenTeacher, Objective
 from kdrun.models import build_model, check_output, count_parameters
 from kdrun.training.device import resolve_device
 from kdrun.training.loop import PhaseObserver, PhaseResult, PhaseSettings, evaluate, train_phase
+from kdrun.training.resume import checkpoint_store
 from kdrun.training.speed import resolve_speed
 from kdrun.training import distributed
 from kdrun.training.rank_cache import RankAwareCache
@@ -49,6 +50,7 @@ class Run:
         self.phases: dict[str, dict[str, Any]] = {}
         self.data: DataSplits | None = None
         self.teacher_entry: Path | None = None  # the teacher cache entry in use, if any
+        self.checkpoints = checkpoint_store(cfg, run_dir)  # per-epoch state of each phase (resume=true)
 
     def execute(self) -> None:
         """Teacher -> independent student -> distilled student; results land in self.phases."""
@@ -239,7 +241,8 @@ class Run:
     def train(self, phase: str, model: nn.Module, objective: Objective, epochs: int) -> PhaseResult:
         cfg = self.cfg
         settings = PhaseSettings(
-            epochs, make_factory(cfg.optimizer, "optimizer"), make_factory(cfg.scheduler, "scheduler"), self.speed
+            epochs, make_factory(cfg.optimizer, "optimizer"), make_factory(cfg.scheduler, "scheduler"), self.speed,
+            checkpoint=self.checkpoints.phase(phase),
         )
         train_batches = self.batches("train", shuffle=True)
         return train_phase(

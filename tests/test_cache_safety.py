@@ -1,0 +1,100 @@
+"""The model cache under concurrency and damage: one process trains, the other waits and loads; a corrupt
+or half-written entry is detected and trained again, never used."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, read_summary
+from kdrun.models import build_model
+from kdrun.training.teacher_cache import ModelCache
+
+ARGUMENTS = ["teacher_epochs=3", "student_epochs=1", "teacher.hidden=[32]", "dataset.max_train_samples=300",
+             "trainer.progress=false"]
+
+
+def test_two_concurrent_runs_train_the_teacher_once(tmp_path: Path):
+    env = {key: value for key, value in os.environ.items() if key not in ("HYDRA_FULL_ERROR", "KDRUN_USER_HYDRA_FULL_ERROR")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    processes = [
+        subprocess.Popen([sys.executable, "-m", "kdrun", "train", *ARGUMENTS, f"hydra.run.dir={tmp_path / name}",
+                          f"cache_dir={tmp_path / 'cache'}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for name in ("a", "b")
+    ]
+    outputs = [process.communicate(timeout=300) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    summaries = [read_summary(tmp_path / name) for name in ("a", "b")]
+    assert all(summary["status"] == "completed" for summary in summaries)
+    assert sorted(summary["phases"]["teacher"]["source"] for summary in summaries) == ["cache", "trained"]
+    for phase in ("teacher", "independent", "distilled"):
+        assert summaries[0]["phases"][phase]["test_acc"] == summaries[1]["phases"][phase]["test_acc"]
+    assert len(list((tmp_path / "cache" / "teachers").glob("mlp-*/meta.json"))) == 1
+    assert not list((tmp_path / "cache" / "teachers").glob(".*"))  # no staging folder left behind
+
+
+def damage_truncated(entry: Path) -> None:
+    data = (entry / "weights.safetensors").read_bytes()
+    (entry / "weights.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def damage_flipped_byte(entry: Path) -> None:
+    data = bytearray((entry / "weights.safetensors").read_bytes())
+    data[-1] ^= 0xFF  # still a well-formed file: only the recorded sha256 can tell
+    (entry / "weights.safetensors").write_bytes(bytes(data))
+
+
+def damage_no_meta(entry: Path) -> None:  # killed between the weights and the meta (a half-written entry)
+    (entry / "meta.json").unlink()
+
+
+def damage_meta_garbage(entry: Path) -> None:
+    (entry / "meta.json").write_text('{"identity": ')
+
+
+def damage_weights_missing(entry: Path) -> None:
+    (entry / "weights.safetensors").unlink()
+
+
+@pytest.mark.parametrize("damage", [damage_truncated, damage_flipped_byte, damage_no_meta, damage_meta_garbage,
+                                    damage_weights_missing])
+def test_damaged_entry_is_detected_and_not_used(tmp_path: Path, damage):
+    cache = ModelCache(tmp_path / "cache")
+    entry = cache.entry("mlp", "0123456789abcdef")
+    torch.manual_seed(0)
+    trained = build_model("mlp", (1, 8, 8), 10, hidden=[16], dropout=0.5)
+    with cache.locked(entry):
+        cache.store(entry, trained, {"identity": {}, "result": {"test_acc": 0.5}})
+    fresh = build_model("mlp", (1, 8, 8), 10, hidden=[16], dropout=0.5)
+    assert cache.load(entry, fresh) is not None and torch.equal(fresh.state_dict()["1.weight"], trained.state_dict()["1.weight"])
+    damage(entry)
+    torch.manual_seed(1)
+    other = build_model("mlp", (1, 8, 8), 10, hidden=[16], dropout=0.5)
+    before = {name: value.clone() for name, value in other.state_dict().items()}
+    assert cache.load(entry, other) is None  # the pipeline then trains the model again
+    assert all(torch.equal(value, before[name]) for name, value in other.state_dict().items())
+    with cache.locked(entry):  # the retrained model replaces whatever was left
+        cache.store(entry, trained, {"identity": {}, "result": {"test_acc": 0.5}})
+    assert cache.load(entry, other) is not None and torch.equal(other.state_dict()["1.weight"], trained.state_dict()["1.weight"])
+
+
+def test_damaged_teacher_entry_is_retrained_through_the_cli(tmp_path: Path):
+    from conftest import run_kdrun
+
+    arguments = ["train", *ARGUMENTS, "student_epochs=0", "independent=false", f"cache_dir={tmp_path / 'cache'}"]
+    first = run_kdrun(*arguments, f"hydra.run.dir={tmp_path / 'first'}", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (entry,) = [path for path in (tmp_path / "cache" / "teachers").glob("mlp-*") if path.is_dir()]
+    damage_flipped_byte(entry)
+    second = run_kdrun(*arguments, f"hydra.run.dir={tmp_path / 'second'}", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert "is invalid" in second.stderr and read_summary(tmp_path / "second")["phases"]["teacher"]["source"] == "trained"
+    assert read_summary(tmp_path / "second")["phases"]["teacher"]["test_acc"] == read_summary(tmp_path / "first")["phases"]["teacher"]["test_acc"]
+    assert json.loads((entry / "meta.json").read_text())["weights_sha256"]  # a valid entry again
