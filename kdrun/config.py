@@ -26,6 +26,7 @@ class TrainerSchema:
     precision: str = MISSING
     channels_last: Any = MISSING
     compile: bool = MISSING
+    fast_dropout: Any = MISSING  # auto | true | false
     tensorboard: Any = MISSING  # auto | true | false
     threads: Any = MISSING  # auto | int >= 1
 

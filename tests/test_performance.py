@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import math
+import platform
+import subprocess
+import sys
+
+import pytest
 import torch
 from torch import nn
 
-from conftest import TINY, read_summary, run_kdrun
+from conftest import REPO, TINY, read_summary, run_kdrun
 from kdrun.bench.reference import loaders, train_reference
 from kdrun.data import DATASETS, make_splits
 from kdrun.data.batches import InMemoryBatches
+from kdrun.errors import ConfigError
 from kdrun.methods import CrossEntropy, FrozenTeacher
 from kdrun.models import build_model
+from kdrun.models.fast_dropout import FastDropout, use_fast_dropout
+from kdrun.training import loop
 from kdrun.training.loop import PhaseSettings, train_phase
 from kdrun.training.run_files import Observers
+from kdrun.training.speed import resolve_speed
 
 CPU = torch.device("cpu")
 
@@ -69,10 +79,138 @@ def test_teacher_logits_are_kept_in_the_teacher_cache(kdrun_in):
 def test_bench_quick_runs_and_prints_ratios(tmp_path):
     result = run_kdrun("bench", "--quick", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for text in ("speed-up", "end to end", "GFLOP/s", "peak memory"):
+    for text in ("speed-up", "end to end", "GFLOP/s", "GB/s memory", "% of floor", "peak memory", "uint8"):
         assert text in result.stdout
 
 
 def test_bench_rejects_a_folder_without_idx_files(tmp_path):
     result = run_kdrun("bench", "--quick", "--data", str(tmp_path), cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.startswith("kdrun: error: no MNIST-format IDX files")
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_fast_dropout_keeps_each_value_with_probability_1_minus_p_scaled_like_nn_dropout(p):
+    inputs = torch.ones(1000, 1000)
+    torch.manual_seed(0)
+    outputs = FastDropout(p)(inputs)
+    kept = outputs != 0
+    sigma = math.sqrt(p * (1 - p) / inputs.numel())  # binomial standard deviation of the kept fraction
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * sigma
+    assert torch.allclose(outputs[kept], torch.full_like(outputs[kept], 1 / (1 - p)))
+
+
+def test_fast_dropout_gradient_is_the_mask_times_the_scale_and_eval_is_identity():
+    inputs = torch.randn(64, 50, requires_grad=True)
+    layer = FastDropout(0.3)
+    outputs = layer(inputs)
+    outputs.sum().backward()
+    expected = (outputs != 0).float() / 0.7
+    assert torch.allclose(inputs.grad, expected)
+    assert torch.equal(layer.eval()(inputs), inputs)
+    assert torch.equal(FastDropout(0.0)(inputs), inputs)
+    assert torch.count_nonzero(FastDropout(1.0)(inputs)) == 0
+
+
+def test_fast_dropout_same_seed_same_mask_and_bf16_inputs_keep_their_dtype_and_rate():
+    inputs = torch.ones(500, 500, dtype=torch.bfloat16)
+    torch.manual_seed(3)
+    first = FastDropout(0.3)(inputs)
+    torch.manual_seed(3)
+    assert torch.equal(first, FastDropout(0.3)(inputs))
+    assert first.dtype == torch.bfloat16
+    sigma = math.sqrt(0.3 * 0.7 / inputs.numel())
+    assert abs((first != 0).float().mean().item() - 0.7) < 5 * sigma  # float32 draws: p is not rounded to bf16
+
+
+def test_use_fast_dropout_replaces_only_plain_dropout_and_keeps_the_state_dict():
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.2), nn.Sequential(nn.Dropout(0.4), nn.Dropout2d(0.5)))
+    keys = list(model.state_dict())
+    assert use_fast_dropout(model) == 2
+    assert type(model[1]) is FastDropout and model[1].p == 0.2
+    assert type(model[2][0]) is FastDropout and model[2][0].p == 0.4
+    assert type(model[2][1]) is nn.Dropout2d
+    assert list(model.state_dict()) == keys
+
+
+def test_fast_dropout_setting_resolves_per_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_speed("fp32", "auto", False, cpu).fast_dropout
+    assert not resolve_speed("fp32", "auto", False, cpu, False).fast_dropout
+    assert not resolve_speed("fp32", "auto", False, cuda, True).fast_dropout  # GPUs keep their fused kernel
+    with pytest.raises(ConfigError, match="fast_dropout"):
+        resolve_speed("fp32", "auto", False, cpu, "yes")
+    model = resolve_speed("fp32", "auto", False, cpu).prepare(build_model("mlp", (1, 8, 8), 10, hidden=[8], dropout=0.5))
+    assert any(type(module) is FastDropout for module in model.modules())
+
+
+@pytest.mark.parametrize("val_accuracies, test_passes", [([0.5, 0.7, 0.9], 1), ([0.5, 0.9, 0.7], 2)])
+def test_the_test_split_is_evaluated_once_when_the_best_epoch_is_the_last(monkeypatch, val_accuracies, test_passes):
+    data = digits()
+    splits = {split: InMemoryBatches(getattr(data, split), data.mean, data.std, 64, CPU, split == "train") for split in ("train", "val", "test")}
+    scripted, test_calls = iter(val_accuracies), []
+
+    def fake_evaluate(model, batches):
+        if batches is splits["test"]:
+            test_calls.append(model[1].weight.detach().clone())
+            return 0.5
+        return next(scripted)
+
+    monkeypatch.setattr(loop, "evaluate", fake_evaluate)
+    torch.manual_seed(0)
+    model = build_model("mlp", data.input_shape, 10, hidden=[8])
+    settings = PhaseSettings(3, lambda parameters: torch.optim.Adam(parameters, lr=1e-3))
+    result = train_phase("t", model, CrossEntropy(), splits["train"], splits["val"], splits["test"], settings, Observers([]))
+    assert len(test_calls) == test_passes and result.best_epoch == val_accuracies.index(max(val_accuracies)) + 1
+    if test_passes == 2:  # last weights first, then the best-validation weights, which the model keeps
+        assert not torch.equal(test_calls[0], test_calls[1])
+        assert torch.equal(test_calls[1], model[1].weight)
+
+
+MMAPPED_BLOCKS_FOR_A_16_MIB_MALLOC = """
+import ctypes, sys, torch
+from kdrun.training.device import reuse_freed_host_memory
+
+class MallInfo2(ctypes.Structure):  # glibc >= 2.33
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype = ctypes.c_void_p
+if sys.argv[1] == "tuned":
+    assert reuse_freed_host_memory()
+for _ in range(3):  # a training-like history: weight-sized tensors allocated, written and freed
+    tensor = torch.empty(6 << 20, dtype=torch.uint8).fill_(1)
+    del tensor
+before = libc.mallinfo2().hblks
+block = libc.malloc(16 << 20)
+print(libc.mallinfo2().hblks - before)
+libc.free(ctypes.c_void_p(block))
+"""
+
+
+def glibc_version() -> tuple[int, ...]:
+    name, version = platform.libc_ver()
+    return tuple(int(part) for part in version.split(".")) if platform.system() == "Linux" and name == "glibc" else ()
+
+
+@pytest.mark.skipif(glibc_version() < (2, 33), reason="glibc's mallopt, and mallinfo2 (glibc >= 2.33) to count mappings")
+def test_reused_host_memory_serves_weight_sized_blocks_from_the_heap_not_fresh_mappings():
+    """A fresh mapping per step means page faults per step; after tuning glibc serves 16 MiB from its heap.
+
+    Counted with mallinfo2 (mapped blocks), not page faults, which vary with the heap layout of each process.
+    """
+
+    def mapped_blocks(mode: str) -> int:
+        command = [sys.executable, "-c", MMAPPED_BLOCKS_FOR_A_16_MIB_MALLOC, mode]
+        return int(subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout)
+
+    assert mapped_blocks("default") == 1
+    assert mapped_blocks("tuned") == 0
+
+
+def test_teacher_cache_tells_fast_dropout_runs_apart(kdrun_in):
+    kdrun_in(*TINY, run_name="fast")
+    plain_masks, _ = kdrun_in(*TINY, "trainer.fast_dropout=false", run_name="plain")
+    assert plain_masks.returncode == 0, plain_masks.stderr
+    assert "teacher: trained and stored in cache" in plain_masks.stderr

@@ -126,8 +126,10 @@ def train_phase(
         if checkpoint is not None:
             checkpoint.save(phase, Progress(epoch, best_state, best_epoch, best_val_acc, history))
     test_acc_last = evaluate(model, test_batches)
-    model.load_state_dict(best_state)
-    test_acc = evaluate(model, test_batches)
+    test_acc = test_acc_last
+    if best_epoch != settings.epochs:  # the best-validation weights are not the last ones: test them too
+        model.load_state_dict(best_state)
+        test_acc = evaluate(model, test_batches)
     observer.phase_done(phase)
     return PhaseResult(best_epoch, best_val_acc, test_acc, test_acc_last, time.perf_counter() - started, history)
 

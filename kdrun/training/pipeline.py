@@ -24,7 +24,7 @@ from kdrun.errors import ConfigError
 from kdrun.files import load_tensor, load_weights, save_tensor, save_weights
 from kdrun.methods import METHODS, CrossEntropy, FrozenTeacher, Objective
 from kdrun.models import build_model, check_output, count_parameters
-from kdrun.training.device import resolve_device
+from kdrun.training.device import resolve_device, reuse_freed_host_memory
 from kdrun.training.loop import PhaseObserver, PhaseResult, PhaseSettings, evaluate, train_phase
 from kdrun.training.resume import checkpoint_store
 from kdrun.training.speed import resolve_speed
@@ -45,8 +45,10 @@ class Run:
         self.run_dir = run_dir
         self.observer = observer
         self.device = distributed.place(resolve_device(cfg.device))
+        if self.device.type == "cpu":
+            reuse_freed_host_memory()  # no page faults for the per-step gradients (docs/performance.md)
         trainer = cfg.trainer
-        self.speed = resolve_speed(trainer.precision, trainer.channels_last, trainer.compile, self.device)
+        self.speed = resolve_speed(trainer.precision, trainer.channels_last, trainer.compile, self.device, trainer.fast_dropout)
         self.phases: dict[str, dict[str, Any]] = {}
         self.data: DataSplits | None = None
         self.teacher_entry: Path | None = None  # the teacher cache entry in use, if any
@@ -184,6 +186,7 @@ class Run:
                 "augment": cfg.dataset.get("augment"),
                 "normalisation": [self.data.mean, self.data.std],
                 "precision": str(self.speed.autocast_dtype or "float32"),  # bf16 training gives other weights
+                "fast_dropout": self.speed.fast_dropout,  # other dropout masks, other weights
             },
             "seed": cfg.seed,
         }

@@ -1,8 +1,8 @@
-"""Device-level speed settings: autocast precision, memory format, torch.compile.
+"""Device-level speed settings: autocast precision, memory format, torch.compile, CPU dropout masks.
 
 Defaults are chosen per device: on CPU and MPS kdrun trains in float32 so that the same seed gives
 bit-identical metrics; on CUDA `auto` means bfloat16 autocast where the GPU supports it.
-`trainer.precision=bf16` on a CPU with AVX512-BF16/AMX is faster too (see docs/performance.md).
+On CPU, nn.Dropout layers get a cheaper mask (kdrun/models/fast_dropout.py). See docs/performance.md.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from kdrun.errors import ConfigError
+from kdrun.models.fast_dropout import use_fast_dropout
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -25,6 +26,7 @@ class SpeedSettings:
     device_type: str
     channels_last: bool
     compile: bool
+    fast_dropout: bool = False  # CPU only: nn.Dropout -> FastDropout (same distribution, other random stream)
 
     def autocast(self) -> ContextManager:
         """Mixed precision for the forward pass (weights and optimizer state stay float32)."""
@@ -39,17 +41,21 @@ class SpeedSettings:
         return None
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Memory format for conv nets on GPUs; compilation when asked for (pays off on long GPU runs)."""
+        """Memory format for conv nets on GPUs; fast CPU dropout masks; compilation when asked for."""
+        if self.fast_dropout:
+            use_fast_dropout(model)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         return torch.compile(model) if self.compile else model
 
 
-def resolve_speed(precision: str, channels_last: str | bool, compile_model: bool, device: torch.device) -> SpeedSettings:
+def resolve_speed(
+    precision: str, channels_last: str | bool, compile_model: bool, device: torch.device, fast_dropout: str | bool = "auto",
+) -> SpeedSettings:
     """Turn the trainer's config values into concrete settings for this device.
 
     Raises:
-        ConfigError: unknown precision, or fp16 requested where no GradScaler backend exists.
+        ConfigError: unknown precision or fast_dropout value, or fp16 where no GradScaler backend exists.
     """
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -58,4 +64,8 @@ def resolve_speed(precision: str, channels_last: str | bool, compile_model: bool
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError(f"trainer.precision=fp16 needs a CUDA device (this run uses {device})", "use bf16 or fp32")
     use_channels_last = device.type == "cuda" if channels_last == "auto" else bool(channels_last)
-    return SpeedSettings(PRECISIONS[precision], device.type, use_channels_last, bool(compile_model))
+    if fast_dropout not in ("auto", True, False):
+        raise ConfigError(f"trainer.fast_dropout={fast_dropout} is not known", "use auto, true or false")
+    # other devices already have a fused dropout kernel, so `true` changes nothing there
+    cpu_masks = device.type == "cpu" and fast_dropout in ("auto", True)
+    return SpeedSettings(PRECISIONS[precision], device.type, use_channels_last, bool(compile_model), cpu_masks)
