@@ -58,6 +58,7 @@ ROWS = {
     "run dir not creatable": (lambda tmp: [f"hydra.run.dir={a_file(tmp) / 'run'}"], 2, "Not a directory"),
     "cache dir not creatable": (lambda tmp: [f"cache_dir={a_file(tmp) / 'cache'}"], 2, "cannot create the model cache"),
     "resume without an earlier run": (lambda tmp: ["resume=true"], 2, "nothing to resume"),
+    "unknown fast_dropout value": (lambda tmp: ["trainer.fast_dropout=yes"], 2, "trainer.fast_dropout=yes is not known"),
 }
 
 

@@ -42,13 +42,18 @@ def test_cached_logits_equal_online_teacher_logits_in_shuffled_order():
     assert not teacher.cached_logits.is_inference()
 
 
-def test_fast_path_and_reference_reach_the_same_accuracy():
-    """Same model init, data, epochs, batch size and lr: accuracy agrees within noise of batch order."""
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_fast_path_and_reference_reach_the_same_accuracy(dropout):
+    """Same model init, data, epochs, batch size and lr: accuracy agrees within noise of batch order.
+
+    With dropout, kdrun's side uses FastDropout (as every CPU run does) and the reference nn.Dropout.
+    """
     data = digits()
     torch.manual_seed(0)
-    ours = build_model("mlp", data.input_shape, 10, hidden=[64])
+    ours = resolve_speed("fp32", "auto", False, CPU).prepare(build_model("mlp", data.input_shape, 10, hidden=[64], dropout=dropout))
     torch.manual_seed(0)
-    theirs = build_model("mlp", data.input_shape, 10, hidden=[64])
+    theirs = build_model("mlp", data.input_shape, 10, hidden=[64], dropout=dropout)
+    assert any(type(module) is FastDropout for module in ours.modules()) == (dropout > 0)
     batches = {
         split: InMemoryBatches(getattr(data, split), data.mean, data.std, 32 if split == "train" else 512, CPU, split == "train")
         for split in ("train", "val", "test")

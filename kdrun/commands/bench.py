@@ -3,7 +3,7 @@
 Prints per phase and end to end: seconds, samples/s, test accuracy, the speed-up (reference
 seconds / kdrun seconds), and how close each side gets to the phase's hardware floor (the larger of
 its FLOPs at the measured matmul rate and its optimizer-state bytes at the measured memory
-bandwidth, kdrun/bench/floors.py). Numbers are measured on every call, never stored.
+bandwidth, kdrun/bench/machine.py). Numbers are measured on every call, never stored.
 
 Fairness: once-per-process costs are paid before either side is timed; kdrun runs first and the
 reference second in the same process, so any process-wide setting kdrun makes (its allocator
@@ -72,7 +72,7 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
     """Warm up, run kdrun's path, then the reference, on the same data split and model initialisations."""
     from hydra import compose, initialize_config_dir
 
-    from kdrun.bench.floors import measure_machine, peak_memory_mb, warm_up
+    from kdrun.bench.machine import measure_machine, peak_memory_mb, warm_up
     from kdrun.config import config_dir, register_schema
     from kdrun.training.pipeline import Run
     from kdrun.training.run_files import Observers
@@ -91,7 +91,7 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
         reference = run_reference(cfg, len(run.data.train))
     return {
         "description": description, "kdrun": kdrun, "reference": reference, "machine": measure_machine(),
-        "floors": phase_floors(cfg, run), "peak_mb_kdrun": kdrun_peak, "peak_mb_both": peak_memory_mb(),
+        "work": phase_work(cfg, run), "peak_mb_kdrun": kdrun_peak, "peak_mb_both": peak_memory_mb(),
         "dataset_mb": sum(split.images.nbytes for split in (run.data.train, run.data.val, run.data.test)) / (1 << 20),
     }
 
@@ -137,9 +137,9 @@ def fresh_model(cfg: Any, group: Any, data: Any) -> Any:
     return build_model(options.pop("name"), data.input_shape, data.num_classes, **options)
 
 
-def phase_floors(cfg: Any, run: Any) -> dict[str, Any]:
-    """Each phase's hardware floor, for the better of the two algorithms (teacher logits computed once)."""
-    from kdrun.bench.floors import flops_per_sample
+def phase_work(cfg: Any, run: Any) -> dict[str, tuple[float, int, int]]:
+    """Each phase's (FLOPs, optimizer steps, trained parameters), for the better algorithm (teacher logits once)."""
+    from kdrun.bench.machine import flops_per_sample
     from kdrun.models import count_parameters
 
     input_shape = run.data.input_shape
@@ -160,10 +160,10 @@ def report(results: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from kdrun.bench.floors import training_floor
+    from kdrun.bench.machine import training_floor
 
     kdrun, reference, machine = results["kdrun"], results["reference"], results["machine"]
-    floors = {phase: training_floor(machine, *spec) for phase, spec in results["floors"].items()}
+    floors = {phase: training_floor(machine, *spec) for phase, spec in results["work"].items()}
     table = Table(title=f"kdrun bench: R4 recipe (mnist_mlp) on {results['description']}", title_justify="left")
     columns = ("phase", "reference s", "kdrun s", "speed-up", "ref samples/s", "kdrun samples/s", "ref acc", "kdrun acc",
                "floor s", "ref % of floor", "kdrun % of floor")

@@ -20,9 +20,10 @@ class FastDropout(nn.Dropout):
             return super().forward(inputs)
         if self.p == 1.0:
             return inputs * 0.0
-        # float32 draws even for bf16 inputs: bf16's 8-bit mantissa would round p and bias the keep rate
-        keep = torch.rand(inputs.shape, device=inputs.device) >= self.p
-        return inputs * keep.to(inputs.dtype).mul_(1.0 / (1.0 - self.p))
+        # float32 draws even for bf16 inputs: bf16's 8-bit mantissa would round p and bias the keep rate.
+        # In place: uniform -> 1.0 where kept / 0.0 where dropped -> scaled; faster than bernoulli_ at any size.
+        mask = torch.rand(inputs.shape, device=inputs.device).ge_(self.p).mul_(1.0 / (1.0 - self.p))
+        return inputs * mask.to(inputs.dtype)
 
 
 def use_fast_dropout(model: nn.Module) -> int:

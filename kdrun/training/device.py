@@ -72,7 +72,7 @@ def reuse_freed_host_memory() -> bool:
 
     glibc serves allocations above its mmap threshold with fresh pages from the kernel and returns them on
     free. A CPU training step frees and re-allocates its weight-sized gradients every step, so without this
-    every step pays page faults and zeroing of new memory (R4 teacher: ~290 faults and 6-9% of the step,
+    steps pay page faults and zeroing of new memory (R4 teacher: up to a few hundred faults, 6-9% of a step,
     docs/performance.md). tcmalloc and jemalloc, which PyTorch's CPU tuning guide recommends, reuse
     such blocks too. Process-wide and harmless elsewhere; a no-op off glibc (macOS, Windows, musl).
     """

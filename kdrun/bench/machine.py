@@ -1,9 +1,10 @@
-"""What the hardware allows: measured matmul throughput and memory bandwidth, and each phase's floor.
+"""The machine side of `kdrun bench`: what the hardware allows, and measuring without bias.
 
 A phase cannot finish faster than its arithmetic at the machine's matmul rate (compute floor), nor
 faster than the bytes it must move at the machine's stream bandwidth (memory floor). At batch 32 the
 R4 teacher is bound by both, so the bench reports the larger of the two as the phase's floor and how
-close each side gets to it. Everything is measured on every call; nothing is stored.
+close each side gets to it. Everything is measured on every call; nothing is stored. `warm_up` pays
+once-per-process costs before either side is timed; `peak_memory_mb` reads the process's peak RSS.
 """
 
 from __future__ import annotations
@@ -83,11 +84,9 @@ def flops_per_sample(model: nn.Module, input_shape: tuple[int, ...], backward: b
     return counter.get_total_flops() / 32
 
 
-def training_floor(
-    machine: Machine, flops: float, steps: int, parameters: int, extra_bytes_per_step: float = 0.0,
-) -> Floor:
+def training_floor(machine: Machine, flops: float, steps: int, parameters: int) -> Floor:
     """The floor of a training phase: its FLOPs at the matmul rate, its Adam-state bytes at the bandwidth."""
-    memory_bytes = steps * (ADAM_BYTES_PER_PARAMETER * parameters + extra_bytes_per_step)
+    memory_bytes = steps * ADAM_BYTES_PER_PARAMETER * parameters
     return Floor(flops / (machine.matmul_gflops * 1e9), memory_bytes / (machine.bandwidth_gbs * 1e9))
 
 
