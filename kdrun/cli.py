@@ -89,8 +89,13 @@ def full_errors_requested() -> bool:
     return os.environ.get("KDRUN_USER_HYDRA_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR", "")) == "1"
 
 
-def describe_config_error(error: BaseException) -> str:
-    """One line for Hydra's and OmegaConf's composition errors, with the valid choices where known."""
+def describe_config_error(error: BaseException, multirun: bool = False) -> str:
+    """One line for Hydra's and OmegaConf's composition errors, with the valid choices where known.
+
+    In a multirun Hydra first composes a base config from the NON-swept overrides and the default
+    group options (hydra#2888), so `-m method=fitnets,cosine_hidden method.student_layer=5` fails on
+    the default method; `++key=value` sets the key in every job, and each job still validates it.
+    """
     text = str(error)
     missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
     if missing:
@@ -101,6 +106,9 @@ def describe_config_error(error: BaseException) -> str:
     override = re.search(r"Could not override '([^']+)'", text)
     if override:
         key = override.group(1)
+        if multirun:
+            return (f"unknown config key '{key}' in the sweep's base config, which Hydra composes with the default "
+                    f"group options (to set a key of swept group options, write ++{key}=...; each job still checks it)")
         return f"unknown config key '{key}' (see `kdrun train --cfg job` for valid keys; to add a new key use +{key}=...)"
     cause = error.__cause__
     if cause is not None and str(cause):

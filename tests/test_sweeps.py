@@ -105,3 +105,17 @@ def test_tensorboard_event_files_per_phase(tmp_path: Path) -> None:
         expected = [line["val_acc"] for line in metrics if line["phase"] == phase]
         assert val_curve == pytest.approx(expected)
         assert "loss/ce" in events.Tags()["scalars"]
+
+
+def test_a_key_of_swept_group_options_needs_plus_plus_and_each_job_still_checks_it(tmp_path: Path) -> None:
+    """Hydra composes a sweep's base config with the default method (no `student_layer`) before sweeping."""
+    common = ["-m", "method=fitnets,cosine_hidden", *TINY, f"cache_dir={tmp_path / 'cache'}"]
+    plain = run_kdrun("train", *common, "method.student_layer=5", f"hydra.sweep.dir={tmp_path / 'refused'}", cwd=tmp_path)
+    assert plain.returncode == 2 and plain.stderr.count("\n") == 1, plain.stderr
+    assert "write ++method.student_layer=" in plain.stderr and not (tmp_path / "refused").exists()
+
+    layers = ["++method.student_layer=5", "++method.teacher_layer=2"]  # the tiny teacher has one hidden layer
+    forced = run_kdrun("train", *common, *layers, f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    summaries = summaries_below(tmp_path / "sweep")
+    assert [summary["status"] for summary in summaries] == ["completed", "completed"]

@@ -46,7 +46,7 @@ def main(arguments: list[str]) -> None:
         except (HydraException, OmegaConfBaseException) as error:
             if full_errors_requested():
                 raise
-            fail(describe_config_error(error), 2)
+            fail(describe_config_error(error, multirun="-m" in arguments or "--multirun" in arguments), 2)
         except OSError as error:  # e.g. Hydra creating an unwritable hydra.run.dir, or a full disk
             if full_errors_requested():
                 raise
