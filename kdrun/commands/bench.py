@@ -98,10 +98,8 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
 
 def run_reference(cfg: Any, train_samples: int) -> dict[str, Any]:
     """The plain loop: its own data loading, then the SAME split, model initialisations and budget."""
-    import torch
-
     from kdrun.bench.reference import loaders, train_reference
-    from kdrun.training.pipeline import load_data
+    from kdrun.training.from_config import load_data
 
     started = time.perf_counter()
     data = load_data(cfg.dataset, cfg.seed)  # the same IDX decoding torchvision does, timed on this side too
@@ -128,13 +126,10 @@ def fresh_model(cfg: Any, group: Any, data: Any) -> Any:
     """
     import torch
 
-    from kdrun.models import build_model
-    from kdrun.training.pipeline import plain
+    from kdrun.training.from_config import model_from_group
 
-    options = plain(group)
-    options.pop("checkpoint", None)
     torch.manual_seed(cfg.seed)
-    return build_model(options.pop("name"), data.input_shape, data.num_classes, **options)
+    return model_from_group(group, data)
 
 
 def phase_work(cfg: Any, run: Any) -> dict[str, tuple[float, int, int]]:

@@ -11,20 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
-from kdrun.data import DATASETS, DataSplits, make_splits
+from kdrun.data import DataSplits
 from kdrun.data.augment import build_augmentation
-from kdrun.data.base import override_normalisation
 from kdrun.data.batches import InMemoryBatches
 from kdrun.data.sharded import batches_for_this_rank
-from kdrun.errors import ConfigError
 from kdrun.files import load_tensor, load_weights, save_tensor, save_weights
 from kdrun.methods import METHODS, CrossEntropy, FrozenTeacher, Objective
-from kdrun.models import build_model, check_output, count_parameters
+from kdrun.models import check_output, count_parameters
 from kdrun.training.device import resolve_device, reuse_freed_host_memory
+from kdrun.training.from_config import load_data, make_factory, model_from_group, plain
 from kdrun.training.loop import PhaseObserver, PhaseResult, PhaseSettings, evaluate, train_phase
 from kdrun.training.resume import checkpoint_store
 from kdrun.training.speed import resolve_speed
@@ -33,9 +31,6 @@ from kdrun.training.rank_cache import RankAwareCache
 from kdrun.training.teacher_cache import cache_key
 
 log = logging.getLogger("kdrun")
-
-GENERIC_DATASET_KEYS = ("name", "val_fraction", "max_train_samples", "augment", "mean", "std")
-
 
 class Run:
     """A run in progress: the config, where it writes, and the phase summaries filled in as they finish."""
@@ -234,10 +229,8 @@ class Run:
 
     # -- shared helpers -----------------------------------------------------------------------------
     def new_model(self, model_cfg: DictConfig) -> nn.Module:
-        """A fresh model from a teacher/student config group, sized for this dataset."""
-        options = plain(model_cfg)
-        options.pop("checkpoint", None)  # where a teacher's weights come from, not an architecture option
-        model = build_model(options.pop("name"), self.data.input_shape, self.data.num_classes, **options)
+        """A fresh model from a teacher/student config group, sized for this dataset, on kdrun's fast path."""
+        model = model_from_group(model_cfg, self.data)
         check_output(model, self.data.input_shape, self.data.num_classes)
         return self.speed.prepare(model.to(self.device))
 
@@ -267,14 +260,6 @@ class Run:
         return evaluate(model, self.batches("test"))
 
 
-def load_data(dataset_cfg: DictConfig, seed: int) -> DataSplits:
-    options = plain(dataset_cfg)
-    generic = {key: options.pop(key, None) for key in GENERIC_DATASET_KEYS}
-    loaded = DATASETS.build(generic["name"], seed, **options)
-    splits = make_splits(loaded, generic["val_fraction"] or 0.0, generic["max_train_samples"], seed)
-    return override_normalisation(splits, generic["mean"], generic["std"])
-
-
 def phase_summary(result: PhaseResult, model: nn.Module, source: str) -> dict[str, Any]:
     return {
         "source": source,
@@ -285,19 +270,3 @@ def phase_summary(result: PhaseResult, model: nn.Module, source: str) -> dict[st
         "params": count_parameters(model),
         "seconds": result.seconds,
     }
-
-
-def make_factory(node: Any, what: str):
-    """Instantiate a `_partial_` optimizer/scheduler config into a factory; None stays None."""
-    if node is None:
-        return None
-    try:
-        return instantiate(node)
-    except Exception as error:  # noqa: BLE001 - Hydra wraps import and argument errors alike
-        reason = " ".join(str(error).split())[:200]
-        raise ConfigError(f"cannot build the {what} from its config ({reason})", f"check `{what}` in --cfg job") from None
-
-
-def plain(node: Any) -> dict[str, Any]:
-    """A config group as a plain, resolved dict (the boundary below which no DictConfig travels)."""
-    return dict(OmegaConf.to_container(node, resolve=True))
