@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
 
@@ -73,6 +74,19 @@ def test_digits_split_is_stratified_and_deterministic():
     assert first.input_shape == (1, 8, 8) and first.num_classes == 10
     assert set(first.val.labels.tolist()) == set(range(10))  # every class present in validation
     assert first.fingerprint() == again.fingerprint() != other.fingerprint()
+
+
+def test_digits_read_directly_equal_sklearns_load_digits(monkeypatch):
+    from sklearn.datasets import load_digits
+
+    from kdrun.data import digits
+
+    pixels, labels = digits.read_bundled_digits()
+    bunch = load_digits()
+    assert pixels.shape == (1797, 8, 8) and numpy.array_equal(pixels, bunch.images) and numpy.array_equal(labels, bunch.target)
+    monkeypatch.setattr(digits.importlib.util, "find_spec", lambda name: None)  # the file not found: sklearn's loader
+    fallback_pixels, fallback_labels = digits.read_bundled_digits()
+    assert numpy.array_equal(fallback_pixels, bunch.images) and numpy.array_equal(fallback_labels, bunch.target)
 
 
 def test_max_train_samples_trims_only_train():

@@ -84,7 +84,7 @@ def test_teacher_logits_are_kept_in_the_teacher_cache(kdrun_in):
 def test_bench_quick_runs_and_prints_ratios(tmp_path):
     result = run_kdrun("bench", "--quick", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for text in ("speed-up", "end to end", "GFLOP/s", "GB/s memory", "% of floor", "peak memory", "uint8"):
+    for text in ("speed-up", "end to end", "GFLOP/s", "GB/s memory", "% of floor", "peak memory", "uint8", "a further run of the same study"):
         assert text in result.stdout
 
 

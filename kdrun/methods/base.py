@@ -92,7 +92,7 @@ class FrozenTeacher:
     def logits(self, batch: Batch) -> torch.Tensor:
         """Teacher logits (B, classes) for the batch, outside autograd (from the cache when present)."""
         if self.cached_logits is not None:
-            return self.cached_logits[batch.indices]
+            return self.cached_logits.index_select(0, batch.indices)
         with torch.inference_mode():
             logits = self.model(batch.inputs)
         return logits.clone()  # a normal tensor, usable inside the student's autograd graph
