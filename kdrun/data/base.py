@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kdrun.data.image_files import ImageFiles
 from kdrun.errors import ConfigError
 
 
@@ -29,9 +30,12 @@ class LoadedDataset:
 
 @dataclass
 class Split:
-    """One part of the data: uint8 images (N, C, H, W), int64 labels (N,)."""
+    """One part of the data: uint8 images (N, C, H, W), int64 labels (N,).
 
-    images: torch.Tensor
+    `images` is ImageFiles instead of a tensor when a class-folder tree is streamed from disk.
+    """
+
+    images: torch.Tensor | ImageFiles
     labels: torch.Tensor
 
     def __len__(self) -> int:
@@ -63,7 +67,8 @@ class DataSplits:
         """Content hash of train + val (what a teacher learns from and is selected on)."""
         digest = hashlib.sha256()
         for part in (self.train, self.val):
-            digest.update(part.images.contiguous().numpy().tobytes())
+            images = part.images
+            digest.update(images.fingerprint() if isinstance(images, ImageFiles) else images.contiguous().numpy().tobytes())
             digest.update(part.labels.contiguous().numpy().tobytes())
         return digest.hexdigest()
 
@@ -104,7 +109,8 @@ def make_splits(loaded: LoadedDataset, val_fraction: float, max_train_samples: i
     train = Split(loaded.train_images[kept], loaded.train_labels[kept])
     val = Split(loaded.train_images[held_out], loaded.train_labels[held_out])
     test = Split(loaded.test_images, loaded.test_labels)
-    mean, std = channel_statistics(train.images)
+    sample = train.images.statistics_sample(seed) if isinstance(train.images, ImageFiles) else train.images
+    mean, std = channel_statistics(sample)
     return DataSplits(loaded.name, train, val, test, loaded.class_names, mean, std)
 
 

@@ -42,11 +42,7 @@ class InMemoryBatches:
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
         self.augment = augment  # applied to uint8 images before normalising (training split only)
-        # Folding /255 into the affine transform: x_norm = x_uint8 * scale + shift (one fused op).
-        std_tensor = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        mean_tensor = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.scale = 1.0 / (255.0 * std_tensor)
-        self.shift = -mean_tensor / std_tensor
+        self.scale, self.shift = normalisation(mean, std, device)
 
     def __len__(self) -> int:
         return (self.num_samples + self.batch_size - 1) // self.batch_size
@@ -73,3 +69,10 @@ class InMemoryBatches:
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.shift, images.float(), self.scale)
+
+
+def normalisation(mean: list[float], std: list[float], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) with /255 folded in: x_norm = x_uint8 * scale + shift, one fused op per batch."""
+    std_tensor = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    mean_tensor = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return 1.0 / (255.0 * std_tensor), -mean_tensor / std_tensor

@@ -17,7 +17,9 @@ from torch import nn
 from kdrun.data import DataSplits
 from kdrun.data.augment import build_augmentation
 from kdrun.data.batches import InMemoryBatches
+from kdrun.data.image_files import ImageFiles
 from kdrun.data.sharded import batches_for_this_rank
+from kdrun.data.streaming import streaming_batches
 from kdrun.files import load_tensor, load_weights, save_tensor, save_weights
 from kdrun.methods import METHODS, CrossEntropy, FrozenTeacher, Objective
 from kdrun.models import check_output, count_parameters
@@ -251,6 +253,8 @@ class Run:
         size = self.cfg.batch_size if shuffle else self.cfg.trainer.eval_batch_size
         part = self.splits["train" if split == "train_eval" else split]
         make = InMemoryBatches if split == "train_eval" else batches_for_this_rank  # teacher logits: whole split on every rank
+        if isinstance(part.images, ImageFiles):  # a class-folder tree too large for memory: DataLoader workers decode it
+            make = streaming_batches
         return make(
             part, self.data.mean, self.data.std, size, self.device, shuffle, seed=self.cfg.seed,
             augment=self.augmentation if shuffle else None,

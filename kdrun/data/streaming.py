@@ -1,0 +1,132 @@
+"""Batches of image files decoded by DataLoader workers, for class-folder trees too large for memory.
+
+StreamingBatches is a drop-in for InMemoryBatches: the same seeded permutation per epoch (drawn
+in the main process from the same generator), the same batches, the same augmentation and
+normalisation on the device, the same sample indices. So a streamed run trains on exactly the
+batches an in-memory run would (tests/test_streaming.py compares the metrics). Worker processes
+decode (persistent across epochs, prefetching), pinned memory feeds a GPU.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterator, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from kdrun.data.base import Split
+from kdrun.data.batches import Batch, InMemoryBatches, normalisation
+from kdrun.data.image_files import ImageFiles
+from kdrun.errors import ConfigError
+from kdrun.training import distributed
+
+PREFETCH_BATCHES_PER_WORKER = 4
+
+
+class DecodedFiles(Dataset):
+    """Sample i = (uint8 image, label, i, readable); an unreadable file is reported, not raised, so the
+    main process can name it in a one-line error (a worker's exception would arrive as a traceback)."""
+
+    def __init__(self, files: ImageFiles, labels: torch.Tensor) -> None:
+        self.files = files
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, row: int) -> tuple[torch.Tensor, torch.Tensor, int, bool]:
+        image = self.files.decode(row)
+        readable = image is not None
+        if image is None:
+            image = torch.zeros(self.files.shape[1:], dtype=torch.uint8)
+        return image, self.labels[row], row, readable
+
+
+class EpochOrder:
+    """The DataLoader's batch sampler: each epoch's batches of row indices, cut from the owner's permutation."""
+
+    def __init__(self, owner: "StreamingBatches") -> None:
+        self.owner = owner
+
+    def __len__(self) -> int:
+        return len(self.owner)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        owner = self.owner
+        count = len(owner.labels)
+        order = torch.randperm(count, generator=owner.generator) if owner.shuffle else torch.arange(count)
+        for start in range(0, owner.num_samples, owner.batch_size):
+            yield order[start : start + owner.batch_size].tolist()
+
+
+class StreamingBatches(InMemoryBatches):
+    """An iterable of Batches over a split of ImageFiles; see the module docstring."""
+
+    def __init__(
+        self,
+        split: Split,
+        mean: list[float],
+        std: list[float],
+        batch_size: int,
+        device: torch.device,
+        shuffle: bool,
+        seed: int = 0,
+        augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None,
+    ) -> None:
+        self.files: ImageFiles = split.images
+        self.labels = split.labels
+        self.batch_size = batch_size
+        self.device = device
+        self.shuffle = shuffle
+        self.generator = torch.Generator().manual_seed(seed)
+        self.augment = augment
+        self.scale, self.shift = normalisation(mean, std, device)
+        self.loader = self._loader()
+
+    def _loader(self) -> DataLoader:
+        workers = self.files.workers
+        return DataLoader(
+            DecodedFiles(self.files, self.labels),
+            batch_sampler=EpochOrder(self),
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0,
+            prefetch_factor=PREFETCH_BATCHES_PER_WORKER if workers > 0 else None,
+            generator=torch.Generator(),  # its worker seeds must not draw from torch's global generator (dropout)
+        )
+
+    def __iter__(self) -> Iterator[Batch]:
+        for images, labels, rows, readable in self.loader:
+            if not bool(readable.all()):
+                images, labels, rows = self._without_unreadable(images, labels, rows, readable)
+                if len(rows) == 0:
+                    continue
+            images = images.to(self.device, non_blocking=True)
+            if self.augment is not None:
+                images = self.augment(images, self.generator)
+            rows = rows.to(self.device, non_blocking=True)
+            yield Batch(self.normalise(images), labels.to(self.device, non_blocking=True), rows)
+
+    def _without_unreadable(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, readable: torch.Tensor):
+        """Drops the unreadable files of a batch with skip_bad_files; otherwise names the first one.
+
+        Raises:
+            ConfigError: naming the file, when skip_bad_files is off.
+        """
+        bad = self.files.paths[int(rows[~readable][0])]
+        if not self.files.skip_bad_files:
+            raise ConfigError(f"cannot read image file {bad}",
+                              "remove or replace it, or set dataset.skip_bad_files=true to skip unreadable files")
+        return images[readable], labels[readable], rows[readable]
+
+
+def streaming_batches(split: Split, *arguments, **options) -> StreamingBatches:
+    """StreamingBatches in a single process; torchrun would need per-rank shards of the file list.
+
+    Raises:
+        ConfigError: under torchrun.
+    """
+    if distributed.is_active():
+        raise ConfigError("streaming image files from disk is not supported under torchrun yet",
+                          "set dataset.in_memory=true (needs the decoded images to fit in memory) or run one process")
+    return StreamingBatches(split, *arguments, **options)
