@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, TINY, read_metrics, read_summary, run_kdrun
+from conftest import TINY, read_metrics, read_summary, run_kdrun
 
 PHASES = ("teacher", "independent", "distilled")
 

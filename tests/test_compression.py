@@ -3,7 +3,6 @@ the stage framework's errors, and `kdrun train compress=[prune,quantize]` end to
 
 from __future__ import annotations
 
-from functools import partial
 from pathlib import Path
 
 import pytest

@@ -11,6 +11,7 @@ from torch import nn
 
 from kdrun.compression.stages import StageContext, build_stages, run_stages
 from kdrun.data.batches import InMemoryBatches
+from kdrun.data.streaming import in_order_batches
 from kdrun.methods.base import Objective
 from kdrun.training.loop import evaluate
 
@@ -46,14 +47,12 @@ def split_batches(run: Any, split: str, device: torch.device) -> InMemoryBatches
     """Evaluation batches of a split on `device` (quantised models run on the CPU whatever the run's device)."""
     data = run.data
     part = run.splits["train" if split == "train_eval" else split]
-    return InMemoryBatches(part, data.mean, data.std, run.cfg.trainer.eval_batch_size, device, False,
-                           seed=run.cfg.seed)
+    return in_order_batches(part, data.mean, data.std, run.cfg.trainer.eval_batch_size, device, seed=run.cfg.seed)
 
 
 def latency_batch(run: Any, size: int) -> torch.Tensor:
     """`size` normalised test inputs (test samples repeated if the split is smaller), on the CPU."""
-    batches = InMemoryBatches(run.splits["test"], run.data.mean, run.data.std, size, torch.device("cpu"), False,
-                              seed=run.cfg.seed)
+    batches = in_order_batches(run.splits["test"], run.data.mean, run.data.std, size, torch.device("cpu"), seed=run.cfg.seed)
     inputs = next(iter(batches)).inputs
     repeats = -(-size // inputs.shape[0])
     return inputs.repeat(repeats, *([1] * (inputs.dim() - 1)))[:size]

@@ -35,14 +35,18 @@ class InMemoryBatches:
         seed: int = 0,
         augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None,
     ) -> None:
-        self.images = split.images.to(device)
-        self.labels = split.labels.to(device)
         self.batch_size = batch_size
         self.device = device
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
         self.augment = augment  # applied to uint8 images before normalising (training split only)
         self.scale, self.shift = normalisation(mean, std, device)
+        self.hold(split)
+
+    def hold(self, split: Split) -> None:
+        """Keep the split's data where batches are made from it: here, one uint8 copy on the device."""
+        self.images = split.images.to(self.device)
+        self.labels = split.labels.to(self.device)
 
     def __len__(self) -> int:
         return (self.num_samples + self.batch_size - 1) // self.batch_size

@@ -9,13 +9,13 @@ decode (persistent across epochs, prefetching), pinned memory feeds a GPU.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional
+from typing import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kdrun.data.base import Split
-from kdrun.data.batches import Batch, InMemoryBatches, normalisation
+from kdrun.data.batches import Batch, InMemoryBatches
 from kdrun.data.image_files import ImageFiles
 from kdrun.errors import ConfigError
 from kdrun.training import distributed
@@ -62,25 +62,10 @@ class EpochOrder:
 class StreamingBatches(InMemoryBatches):
     """An iterable of Batches over a split of ImageFiles; see the module docstring."""
 
-    def __init__(
-        self,
-        split: Split,
-        mean: list[float],
-        std: list[float],
-        batch_size: int,
-        device: torch.device,
-        shuffle: bool,
-        seed: int = 0,
-        augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None,
-    ) -> None:
+    def hold(self, split: Split) -> None:
+        """Keep the file list (decoded per batch by the loader's workers); labels stay on the CPU for them."""
         self.files: ImageFiles = split.images
         self.labels = split.labels
-        self.batch_size = batch_size
-        self.device = device
-        self.shuffle = shuffle
-        self.generator = torch.Generator().manual_seed(seed)
-        self.augment = augment
-        self.scale, self.shift = normalisation(mean, std, device)
         self.loader = self._loader()
 
     def _loader(self) -> DataLoader:
@@ -130,3 +115,10 @@ def streaming_batches(split: Split, *arguments, **options) -> StreamingBatches:
         raise ConfigError("streaming image files from disk is not supported under torchrun yet",
                           "set dataset.in_memory=true (needs the decoded images to fit in memory) or run one process")
     return StreamingBatches(split, *arguments, **options)
+
+
+def in_order_batches(split: Split, mean: list[float], std: list[float], batch_size: int, device: torch.device,
+                     seed: int = 0) -> InMemoryBatches:
+    """Unshuffled batches of a whole split, in memory or streamed, in any process (evaluation, calibration)."""
+    make = StreamingBatches if isinstance(split.images, ImageFiles) else InMemoryBatches
+    return make(split, mean, std, batch_size, device, False, seed=seed)
