@@ -12,7 +12,7 @@ from conftest import TINY, read_metrics, read_summary, write_tree
 from kdrun.data import imagefolder
 from kdrun.data.base import Split
 from kdrun.data.image_files import ImageFiles
-from kdrun.data.streaming import StreamingBatches, streaming_batches
+from kdrun.data.streaming import StreamingBatches, batches_for_this_rank
 from kdrun.errors import ConfigError
 
 CPU = torch.device("cpu")
@@ -42,6 +42,7 @@ def test_a_streamed_tree_trains_exactly_like_the_same_tree_in_memory(kdrun_in, t
     assert in_memory.returncode == 0, in_memory.stderr
     assert streamed.returncode == 0, streamed.stderr
     assert "teacher logits computed" in streamed.stderr  # the logits pass ran over the streamed training split
+    assert "Traceback" not in streamed.stderr and "Exception ignored" not in streamed.stderr  # workers stopped cleanly
     strip = lambda lines: [{key: value for key, value in line.items() if key not in TIMING} for line in lines]  # noqa: E731
     assert strip(read_metrics(stream_dir)) == strip(read_metrics(memory_dir))
     for phase in ("teacher", "independent", "distilled"):
@@ -87,11 +88,44 @@ def test_the_fingerprint_of_streamed_files_changes_when_a_file_changes(tmp_path)
     assert ImageFiles(paths, 8, 0, False).fingerprint() != before
 
 
-def test_streaming_under_torchrun_is_refused_with_what_to_do(tmp_path, monkeypatch):
+def test_under_torchrun_each_rank_streams_its_share_of_the_single_process_batches(tmp_path, monkeypatch):
     from kdrun.training import distributed
 
+    noisy_tree(tmp_path, {"a": 8, "b": 8})  # 16 files, global batch 6 over 2 ranks: 6, 6 and a last global batch of 4
+    paths = sorted(tmp_path.rglob("*.png"))
+    split = Split(ImageFiles(paths, 8, 1, False), torch.tensor([int(path.parent.name == "b") for path in paths]))
+    single = [batch.indices.tolist() for batch in StreamingBatches(split, [0.5] * 3, [0.3] * 3, 6, CPU, True, seed=5)]
     monkeypatch.setattr(distributed, "is_active", lambda: True)
-    split = Split(ImageFiles([tmp_path / "x.png"], 8, 0, False), torch.zeros(1, dtype=torch.int64))
-    with pytest.raises(ConfigError) as refused:
-        streaming_batches(split, [0.5] * 3, [0.25] * 3, 8, CPU, True)
-    assert "torchrun" in refused.value.one_line() and "dataset.in_memory=true" in refused.value.one_line()
+    per_rank, global_sizes = [], []
+    for rank in range(2):
+        monkeypatch.setattr(distributed, "_topology", distributed.Topology(rank, 2, rank))
+        batches = batches_for_this_rank(split, [0.5] * 3, [0.3] * 3, 6, CPU, True, seed=5)
+        steps = []
+        for batch in batches:
+            steps.append(batch.indices.tolist())
+            global_sizes.append(batches.current_global_size)
+        per_rank.append(steps)
+    assert len(per_rank[0]) == len(per_rank[1]) == 3
+    assert [first + second for first, second in zip(*per_rank)] == single
+    assert global_sizes == [6, 6, 4] * 2  # read while each batch is in use, though the loader prefetches
+    with pytest.raises(ConfigError, match="batch_size=5"):
+        batches_for_this_rank(split, [0.5] * 3, [0.3] * 3, 5, CPU, True)
+
+
+def test_dropped_streaming_batches_stop_their_workers_at_once(tmp_path):
+    """No reference cycle: the worker processes end when the batches are dropped, not at some later GC."""
+    import gc
+    import weakref
+
+    noisy_tree(tmp_path, {"a": 4})
+    split = Split(ImageFiles(sorted(tmp_path.rglob("*.png")), 8, 1, False), torch.zeros(4, dtype=torch.int64))
+    batches = StreamingBatches(split, [0.5] * 3, [0.3] * 3, 2, CPU, True)
+    assert len(list(batches)) == 2  # starts the persistent worker
+    worker = batches.loader._iterator._workers[0]
+    gc.disable()
+    try:
+        alive = weakref.ref(batches)
+        del batches
+        assert alive() is None and not worker.is_alive()
+    finally:
+        gc.enable()

@@ -40,6 +40,7 @@ class InMemoryBatches:
         self.shuffle = shuffle
         self.generator = torch.Generator().manual_seed(seed)
         self.augment = augment  # applied to uint8 images before normalising (training split only)
+        self.augment_generator = self.generator  # one stream: order, then each batch's augmentation
         self.scale, self.shift = normalisation(mean, std, device)
         self.hold(split)
 
@@ -59,17 +60,25 @@ class InMemoryBatches:
         return count - 1 if self.shuffle and count > 1 and count % self.batch_size == 1 else count
 
     def __iter__(self) -> Iterator[Batch]:
+        for indices in self.index_batches():
+            yield self._batch(indices)
+
+    def index_batches(self, device: Optional[torch.device] = None) -> Iterator[torch.Tensor]:
+        """Each step's sample indices: the epoch's seeded permutation (training) or the split in order."""
+        device = device or self.device
         count = len(self.labels)
         if self.shuffle:
-            order = torch.randperm(count, generator=self.generator).to(self.device)
+            order = torch.randperm(count, generator=self.generator).to(device)
         else:
-            order = torch.arange(count, device=self.device)
+            order = torch.arange(count, device=device)
         for start in range(0, self.num_samples, self.batch_size):
-            indices = order[start : start + self.batch_size]
-            images = self.images.index_select(0, indices)  # the same gather as images[indices], 4x less overhead
-            if self.augment is not None:
-                images = self.augment(images, self.generator)
-            yield Batch(self.normalise(images), self.labels.index_select(0, indices), indices)
+            yield order[start : start + self.batch_size]
+
+    def _batch(self, indices: torch.Tensor) -> Batch:
+        images = self.images.index_select(0, indices)  # the same gather as images[indices], 4x less overhead
+        if self.augment is not None:
+            images = self.augment(images, self.augment_generator)
+        return Batch(self.normalise(images), self.labels.index_select(0, indices), indices)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.shift, images.float(), self.scale)

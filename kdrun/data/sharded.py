@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from kdrun.data.base import Split
-from kdrun.data.batches import Batch, InMemoryBatches
+from kdrun.data.batches import InMemoryBatches
 from kdrun.errors import ConfigError
 from kdrun.training import distributed
 
@@ -49,7 +49,7 @@ class ShardedBatches(InMemoryBatches):
 
     def __len__(self) -> int:
         if not self.shuffle:
-            own = len(self._evaluation_share())
+            own = len(self._evaluation_share(torch.device("cpu")))
             return (own + self.batch_size - 1) // self.batch_size
         full, rest = divmod(len(self.labels), self.global_batch_size)
         return full + (1 if rest >= self.smallest_last_batch else 0)
@@ -63,51 +63,25 @@ class ShardedBatches(InMemoryBatches):
         rest = count % self.global_batch_size
         return count - (rest if rest < self.smallest_last_batch else 0)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def index_batches(self, device: Optional[torch.device] = None) -> Iterator[torch.Tensor]:
+        """This rank's slice of every global batch (training), or of its contiguous share (evaluation)."""
+        device = device or self.device
         if not self.shuffle:
-            yield from self._evaluation_batches()
+            share = self._evaluation_share(device)
+            for start in range(0, len(share), self.batch_size):
+                yield share[start : start + self.batch_size]
             return
         count = len(self.labels)
-        order = torch.randperm(count, generator=self.generator).to(self.device)
+        order = torch.randperm(count, generator=self.generator).to(device)
         for start in range(0, count, self.global_batch_size):
             global_batch = order[start : start + self.global_batch_size]
             if len(global_batch) < self.smallest_last_batch:
                 break
             self.current_global_size = len(global_batch)  # read by DistributedObjective to weight this step
-            yield self._batch(torch.tensor_split(global_batch, self.world_size)[self.rank])
+            yield torch.tensor_split(global_batch, self.world_size)[self.rank]
 
-    def _evaluation_share(self) -> torch.Tensor:
-        return torch.tensor_split(torch.arange(len(self.labels), device=self.device), self.world_size)[self.rank]
-
-    def _evaluation_batches(self) -> Iterator[Batch]:
-        share = self._evaluation_share()
-        for start in range(0, len(share), self.batch_size):
-            yield self._batch(share[start : start + self.batch_size])
-
-    def _batch(self, indices: torch.Tensor) -> Batch:
-        images = self.images[indices]
-        if self.augment is not None:
-            images = self.augment(images, self.augment_generator)
-        return Batch(self.normalise(images), self.labels[indices], indices)
-
-
-def batches_for_this_rank(split: Split, mean: list[float], std: list[float], batch_size: int, device: torch.device,
-                          shuffle: bool, seed: int = 0,
-                          augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None) -> InMemoryBatches:
-    """InMemoryBatches in a single process; this rank's ShardedBatches under torchrun.
-
-    Raises:
-        ConfigError: the global training batch does not split evenly over the ranks.
-    """
-    if not distributed.is_active():
-        return InMemoryBatches(split, mean, std, batch_size, device, shuffle, seed, augment)
-    world_size = distributed.topology().world_size
-    if shuffle and batch_size % world_size:
-        raise ConfigError(
-            f"batch_size={batch_size} does not split over {world_size} processes",
-            f"batch_size is the global batch: use a multiple of {world_size}",
-        )
-    return ShardedBatches(split, mean, std, batch_size, device, shuffle, seed, augment)
+    def _evaluation_share(self, device: torch.device) -> torch.Tensor:
+        return torch.tensor_split(torch.arange(len(self.labels), device=device), self.world_size)[self.rank]
 
 
 def sum_over_ranks(batches: InMemoryBatches, term_sums: dict, correct: torch.Tensor) -> tuple[dict, torch.Tensor]:
@@ -119,3 +93,13 @@ def sum_over_ranks(batches: InMemoryBatches, term_sums: dict, correct: torch.Ten
     if not isinstance(batches, ShardedBatches):
         return term_sums, correct
     return distributed.sum_across_ranks(term_sums, correct)
+
+
+def check_global_batch(batch_size: int, shuffle: bool) -> None:
+    """Raises ConfigError when the global training batch does not split evenly over the ranks."""
+    world_size = distributed.topology().world_size
+    if shuffle and batch_size % world_size:
+        raise ConfigError(
+            f"batch_size={batch_size} does not split over {world_size} processes",
+            f"batch_size is the global batch: use a multiple of {world_size}",
+        )

@@ -9,13 +9,17 @@ decode (persistent across epochs, prefetching), pinned memory feeds a GPU.
 
 from __future__ import annotations
 
-from typing import Iterator
+import weakref
+from collections import deque
+from typing import Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kdrun.data.base import Split
+from kdrun.data.augment import Augmentation
 from kdrun.data.batches import Batch, InMemoryBatches
+from kdrun.data.sharded import ShardedBatches, check_global_batch
 from kdrun.data.image_files import ImageFiles
 from kdrun.errors import ConfigError
 from kdrun.training import distributed
@@ -43,20 +47,26 @@ class DecodedFiles(Dataset):
 
 
 class EpochOrder:
-    """The DataLoader's batch sampler: each epoch's batches of row indices, cut from the owner's permutation."""
+    """The DataLoader's batch sampler: the owner's index batches for one epoch, as lists.
+
+    The loader runs ahead of training (prefetch), so each batch's global size under torchrun is
+    queued here and taken back by the owner when that batch is yielded.
+    """
 
     def __init__(self, owner: "StreamingBatches") -> None:
-        self.owner = owner
+        # A weak reference: owner -> loader -> sampler -> owner would be a cycle, and a dropped
+        # StreamingBatches would keep its worker processes until the cyclic GC ran, possibly inside a
+        # freshly forked worker of another loader (which then fails to stop processes it does not own).
+        self.owner = weakref.proxy(owner)
 
     def __len__(self) -> int:
         return len(self.owner)
 
     def __iter__(self) -> Iterator[list[int]]:
         owner = self.owner
-        count = len(owner.labels)
-        order = torch.randperm(count, generator=owner.generator) if owner.shuffle else torch.arange(count)
-        for start in range(0, owner.num_samples, owner.batch_size):
-            yield order[start : start + owner.batch_size].tolist()
+        for indices in owner.index_batches(torch.device("cpu")):
+            owner.global_sizes.append(getattr(owner, "current_global_size", None))
+            yield indices.tolist()
 
 
 class StreamingBatches(InMemoryBatches):
@@ -66,6 +76,7 @@ class StreamingBatches(InMemoryBatches):
         """Keep the file list (decoded per batch by the loader's workers); labels stay on the CPU for them."""
         self.files: ImageFiles = split.images
         self.labels = split.labels
+        self.global_sizes: deque[Optional[int]] = deque()
         self.loader = self._loader()
 
     def _loader(self) -> DataLoader:
@@ -81,14 +92,18 @@ class StreamingBatches(InMemoryBatches):
         )
 
     def __iter__(self) -> Iterator[Batch]:
+        self.global_sizes.clear()
         for images, labels, rows, readable in self.loader:
+            global_size = self.global_sizes.popleft()
+            if global_size is not None:
+                self.current_global_size = global_size  # this batch's, however far the loader has read ahead
             if not bool(readable.all()):
                 images, labels, rows = self._without_unreadable(images, labels, rows, readable)
                 if len(rows) == 0:
                     continue
             images = images.to(self.device, non_blocking=True)
             if self.augment is not None:
-                images = self.augment(images, self.generator)
+                images = self.augment(images, self.augment_generator)
             rows = rows.to(self.device, non_blocking=True)
             yield Batch(self.normalise(images), labels.to(self.device, non_blocking=True), rows)
 
@@ -105,20 +120,28 @@ class StreamingBatches(InMemoryBatches):
         return images[readable], labels[readable], rows[readable]
 
 
-def streaming_batches(split: Split, *arguments, **options) -> StreamingBatches:
-    """StreamingBatches in a single process; torchrun would need per-rank shards of the file list.
+class ShardedStreamingBatches(StreamingBatches, ShardedBatches):
+    """Under torchrun: this rank's share of every batch (ShardedBatches' order), decoded by its own workers."""
+
+
+def batches_for_this_rank(split: Split, mean: list[float], std: list[float], batch_size: int, device: torch.device,
+                          shuffle: bool, seed: int = 0, augment: Optional[Augmentation] = None) -> InMemoryBatches:
+    """The batches of a split for this process: in memory or streamed, whole or (under torchrun) this rank's share.
 
     Raises:
-        ConfigError: under torchrun.
+        ConfigError: under torchrun, when the global training batch does not split evenly over the ranks.
     """
+    streamed = isinstance(split.images, ImageFiles)
     if distributed.is_active():
-        raise ConfigError("streaming image files from disk is not supported under torchrun yet",
-                          "set dataset.in_memory=true (needs the decoded images to fit in memory) or run one process")
-    return StreamingBatches(split, *arguments, **options)
+        check_global_batch(batch_size, shuffle)
+        make = ShardedStreamingBatches if streamed else ShardedBatches
+    else:
+        make = StreamingBatches if streamed else InMemoryBatches
+    return make(split, mean, std, batch_size, device, shuffle, seed, augment)
 
 
 def in_order_batches(split: Split, mean: list[float], std: list[float], batch_size: int, device: torch.device,
                      seed: int = 0) -> InMemoryBatches:
-    """Unshuffled batches of a whole split, in memory or streamed, in any process (evaluation, calibration)."""
+    """Unshuffled batches of a whole split, in memory or streamed, on every rank (teacher logits, compression)."""
     make = StreamingBatches if isinstance(split.images, ImageFiles) else InMemoryBatches
     return make(split, mean, std, batch_size, device, False, seed=seed)

@@ -17,9 +17,7 @@ from torch import nn
 from kdrun.data import DataSplits
 from kdrun.data.augment import build_augmentation
 from kdrun.data.batches import InMemoryBatches
-from kdrun.data.image_files import ImageFiles
-from kdrun.data.sharded import batches_for_this_rank
-from kdrun.data.streaming import streaming_batches
+from kdrun.data.streaming import batches_for_this_rank, in_order_batches
 from kdrun.files import load_tensor, load_weights, save_tensor, save_weights
 from kdrun.methods import METHODS, CrossEntropy, FrozenTeacher, Objective
 from kdrun.models import check_output, count_parameters
@@ -252,10 +250,9 @@ class Run:
         """Batches over a split; 'train_eval' is the training split in evaluation batches, in order."""
         size = self.cfg.batch_size if shuffle else self.cfg.trainer.eval_batch_size
         part = self.splits["train" if split == "train_eval" else split]
-        make = InMemoryBatches if split == "train_eval" else batches_for_this_rank  # teacher logits: whole split on every rank
-        if isinstance(part.images, ImageFiles):  # a class-folder tree too large for memory: DataLoader workers decode it
-            make = streaming_batches
-        return make(
+        if split == "train_eval":  # teacher logits: the whole split on every rank
+            return in_order_batches(part, self.data.mean, self.data.std, size, self.device, seed=self.cfg.seed)
+        return batches_for_this_rank(
             part, self.data.mean, self.data.std, size, self.device, shuffle, seed=self.cfg.seed,
             augment=self.augmentation if shuffle else None,
         )
