@@ -117,6 +117,8 @@ def test_attention_loss_golden_and_channel_counts_may_differ():
     teacher = build_model("tiny_cnn", (1, 4, 4), 3, width=4)
     student = build_model("tiny_cnn", (1, 4, 4), 3, width=2)
     method = METHODS.build("attention", FrozenTeacher(teacher), 4.0, 0.5, student_layer="features.4", teacher_layer="features.4", beta=10.0)
+    method.prepare(student, torch.zeros(2, 1, 4, 4))  # 2 student channels against 4: no adapter needed
+    assert not list(method.parameters())
     student_feature, teacher_feature = torch.tensor([[[[1.0, 2.0]], [[3.0, 0.0]]]]), torch.tensor([[[[1.0, 1.0]]]])
     q_s = [5 / math.sqrt(29), 2 / math.sqrt(29)]
     q_t = [1 / math.sqrt(2), 1 / math.sqrt(2)]

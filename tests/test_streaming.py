@@ -74,8 +74,10 @@ def test_an_unreadable_file_met_while_streaming_is_named_or_left_out_with_skip_b
     with pytest.raises(ConfigError, match="broken.png"):
         list(strict)
     lenient = StreamingBatches(Split(ImageFiles(paths, 8, 0, True), labels), [0.5] * 3, [0.25] * 3, 8, CPU, False)
+    assert lenient.num_samples == 4
     (batch,) = list(lenient)
     assert len(batch.targets) == 3 and "broken.png" not in [paths[int(row)].name for row in batch.indices]
+    assert lenient.num_samples == 3  # accuracy and loss means divide by the readable samples
 
 
 def test_the_fingerprint_of_streamed_files_changes_when_a_file_changes(tmp_path):
@@ -129,3 +131,17 @@ def test_dropped_streaming_batches_stop_their_workers_at_once(tmp_path):
         assert alive() is None and not worker.is_alive()
     finally:
         gc.enable()
+
+
+def test_under_torchrun_a_batch_of_only_unreadable_files_is_an_error_not_a_skipped_step(tmp_path, monkeypatch):
+    from kdrun.training import distributed
+
+    noisy_tree(tmp_path, {"a": 1})
+    broken = tmp_path / "a" / "broken.png"
+    broken.write_bytes(b"not an image")
+    split = Split(ImageFiles([broken, tmp_path / "a" / "0.png"], 8, 0, True), torch.zeros(2, dtype=torch.int64))
+    monkeypatch.setattr(distributed, "is_active", lambda: True)
+    monkeypatch.setattr(distributed, "_topology", distributed.Topology(0, 2, 0))
+    rank_zero = batches_for_this_rank(split, [0.5] * 3, [0.3] * 3, 2, CPU, False)  # evaluation share: the broken file
+    with pytest.raises(ConfigError, match="every file of one of this rank's batches is unreadable"):
+        list(rank_zero)

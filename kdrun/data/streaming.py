@@ -9,6 +9,7 @@ decode (persistent across epochs, prefetching), pinned memory feeds a GPU.
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections import deque
 from typing import Iterator, Optional
@@ -25,6 +26,7 @@ from kdrun.errors import ConfigError
 from kdrun.training import distributed
 
 PREFETCH_BATCHES_PER_WORKER = 4
+log = logging.getLogger(__name__)
 
 
 class DecodedFiles(Dataset):
@@ -77,7 +79,13 @@ class StreamingBatches(InMemoryBatches):
         self.files: ImageFiles = split.images
         self.labels = split.labels
         self.global_sizes: deque[Optional[int]] = deque()
+        self.unreadable: set[int] = set()  # rows left out with skip_bad_files (found while streaming)
         self.loader = self._loader()
+
+    @property
+    def num_samples(self) -> int:
+        """Samples per pass, without the unreadable files met so far (the loop divides by it after the pass)."""
+        return super().num_samples - len(self.unreadable)
 
     def _loader(self) -> DataLoader:
         workers = self.files.workers
@@ -99,6 +107,9 @@ class StreamingBatches(InMemoryBatches):
                 self.current_global_size = global_size  # this batch's, however far the loader has read ahead
             if not bool(readable.all()):
                 images, labels, rows = self._without_unreadable(images, labels, rows, readable)
+                if len(rows) == 0 and distributed.is_active():
+                    raise ConfigError("every file of one of this rank's batches is unreadable",
+                                      "remove the unreadable files: under torchrun every rank must take every step")
                 if len(rows) == 0:
                     continue
             images = images.to(self.device, non_blocking=True)
@@ -113,15 +124,23 @@ class StreamingBatches(InMemoryBatches):
         Raises:
             ConfigError: naming the file, when skip_bad_files is off.
         """
-        bad = self.files.paths[int(rows[~readable][0])]
+        bad_rows = rows[~readable].tolist()
         if not self.files.skip_bad_files:
-            raise ConfigError(f"cannot read image file {bad}",
+            raise ConfigError(f"cannot read image file {self.files.paths[bad_rows[0]]}",
                               "remove or replace it, or set dataset.skip_bad_files=true to skip unreadable files")
+        for row in set(bad_rows) - self.unreadable:
+            log.warning("skipping unreadable image file %s", self.files.paths[row])
+        self.unreadable.update(bad_rows)
         return images[readable], labels[readable], rows[readable]
 
 
 class ShardedStreamingBatches(StreamingBatches, ShardedBatches):
     """Under torchrun: this rank's share of every batch (ShardedBatches' order), decoded by its own workers."""
+
+    @property
+    def num_samples(self) -> int:
+        """The global count (each rank only knows its own unreadable files, so none are subtracted)."""
+        return ShardedBatches.num_samples.fget(self)
 
 
 def batches_for_this_rank(split: Split, mean: list[float], std: list[float], batch_size: int, device: torch.device,
