@@ -27,6 +27,7 @@ class TrainerSchema:
     channels_last: Any = MISSING
     compile: bool = MISSING
     fast_dropout: Any = MISSING  # auto | true | false
+    flush_denormal: Any = MISSING  # auto | true | false
     tensorboard: Any = MISSING  # auto | true | false
     threads: Any = MISSING  # auto | int >= 1
 

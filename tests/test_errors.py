@@ -59,6 +59,7 @@ ROWS = {
     "cache dir not creatable": (lambda tmp: [f"cache_dir={a_file(tmp) / 'cache'}"], 2, "cannot create the model cache"),
     "resume without an earlier run": (lambda tmp: ["resume=true"], 2, "nothing to resume"),
     "unknown fast_dropout value": (lambda tmp: ["trainer.fast_dropout=yes"], 2, "trainer.fast_dropout=yes is not known"),
+    "unknown flush_denormal value": (lambda tmp: ["trainer.flush_denormal=yes"], 2, "trainer.flush_denormal=yes is not known"),
 }
 
 

@@ -214,8 +214,39 @@ def test_reused_host_memory_serves_weight_sized_blocks_from_the_heap_not_fresh_m
     assert mapped_blocks("tuned") == 0
 
 
-def test_teacher_cache_tells_fast_dropout_runs_apart(kdrun_in):
+@pytest.mark.parametrize("setting", ["trainer.fast_dropout=false", "trainer.flush_denormal=false"])
+def test_teacher_cache_tells_runs_with_other_cpu_numerics_apart(kdrun_in, setting):
     kdrun_in(*TINY, run_name="fast")
-    plain_masks, _ = kdrun_in(*TINY, "trainer.fast_dropout=false", run_name="plain")
-    assert plain_masks.returncode == 0, plain_masks.stderr
-    assert "teacher: trained and stored in cache" in plain_masks.stderr
+    other, _ = kdrun_in(*TINY, setting, run_name="other")
+    assert other.returncode == 0, other.stderr
+    assert "teacher: trained and stored in cache" in other.stderr
+
+
+SUBNORMALS_LEFT_AFTER_FLUSHING = """
+import sys, torch
+from kdrun.training.speed import flush_subnormals, subnormals_left
+if sys.argv[1] == "pool first":  # a parallel op starts torch's intra-op threads before the flags are set
+    print(subnormals_left() > 0, end=" ")  # without the flags, subnormals survive
+print(flush_subnormals(), subnormals_left())
+"""
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="FTZ/DAZ flags are x86's")
+def test_subnormals_are_flushed_on_every_thread_and_the_check_sees_when_they_are_not():
+    def run(mode: str) -> str:
+        command = [sys.executable, "-c", SUBNORMALS_LEFT_AFTER_FLUSHING, mode]
+        return subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+
+    assert run("flags first") == ["True", "0"]
+    if torch.get_num_threads() > 1:  # with one thread there is no other thread to miss
+        before, effective, left = run("pool first")
+        assert before == "True" and effective == "False" and int(left) > 0
+
+
+def test_flush_denormal_setting_resolves_per_device():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_speed("fp32", "auto", False, cpu).flush_denormal
+    assert not resolve_speed("fp32", "auto", False, cpu, "auto", False).flush_denormal
+    assert not resolve_speed("fp32", "auto", False, cuda, "auto", True).flush_denormal
+    with pytest.raises(ConfigError, match="flush_denormal"):
+        resolve_speed("fp32", "auto", False, cpu, "auto", "sometimes")

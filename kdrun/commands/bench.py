@@ -7,7 +7,7 @@ bandwidth, kdrun/bench/machine.py). Numbers are measured on every call, never st
 
 Fairness: once-per-process costs are paid before either side is timed; kdrun runs first and the
 reference second in the same process, so any process-wide setting kdrun makes (its allocator
-setting) also helps the reference: the ratio errs against kdrun, never for it.
+setting, flushing subnormal floats) also helps the reference: the ratio errs against kdrun, never for it.
 """
 
 from __future__ import annotations
@@ -76,9 +76,11 @@ def measure(options: argparse.Namespace) -> dict[str, Any]:
     from kdrun.config import config_dir, register_schema
     from kdrun.training.pipeline import Run
     from kdrun.training.run_files import Observers
+    from kdrun.training.speed import flush_subnormals
 
     overrides, description = workload_overrides(options)
     register_schema()
+    flush_subnormals()  # what kdrun's CPU runs do first; per thread, so before warm_up starts torch's threads
     warm_up()
     with tempfile.TemporaryDirectory(prefix="kdrun-bench-") as scratch:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):

@@ -25,7 +25,7 @@ from kdrun.training.device import resolve_device, reuse_freed_host_memory
 from kdrun.training.from_config import load_data, make_factory, model_from_group, plain
 from kdrun.training.loop import PhaseObserver, PhaseResult, PhaseSettings, evaluate, train_phase
 from kdrun.training.resume import checkpoint_store
-from kdrun.training.speed import resolve_speed
+from kdrun.training.speed import flush_subnormals, resolve_speed
 from kdrun.training import distributed
 from kdrun.training.rank_cache import RankAwareCache
 from kdrun.training.teacher_cache import cache_key
@@ -43,7 +43,10 @@ class Run:
         if self.device.type == "cpu":
             reuse_freed_host_memory()  # no page faults for the per-step gradients (docs/performance.md)
         trainer = cfg.trainer
-        self.speed = resolve_speed(trainer.precision, trainer.channels_last, trainer.compile, self.device, trainer.fast_dropout)
+        self.speed = resolve_speed(trainer.precision, trainer.channels_last, trainer.compile, self.device, trainer.fast_dropout,
+                                   trainer.flush_denormal)
+        if self.speed.flush_denormal and not flush_subnormals():
+            log.info("subnormal floats are flushed only on some CPU threads (torch's threads started before this run)")
         self.phases: dict[str, dict[str, Any]] = {}
         self.data: DataSplits | None = None
         self.teacher_entry: Path | None = None  # the teacher cache entry in use, if any
@@ -182,6 +185,7 @@ class Run:
                 "normalisation": [self.data.mean, self.data.std],
                 "precision": str(self.speed.autocast_dtype or "float32"),  # bf16 training gives other weights
                 "fast_dropout": self.speed.fast_dropout,  # other dropout masks, other weights
+                "flush_denormal": self.speed.flush_denormal,  # in principle other rounding of the tiniest values
             },
             "seed": cfg.seed,
         }

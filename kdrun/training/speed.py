@@ -2,7 +2,8 @@
 
 Defaults are chosen per device: on CPU and MPS kdrun trains in float32 so that the same seed gives
 bit-identical metrics; on CUDA `auto` means bfloat16 autocast where the GPU supports it.
-On CPU, nn.Dropout layers get a cheaper mask (kdrun/models/fast_dropout.py). See docs/performance.md.
+On CPU, nn.Dropout layers get a cheaper mask (kdrun/models/fast_dropout.py) and subnormal floats are
+flushed to zero (flush_subnormals). See docs/performance.md.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class SpeedSettings:
     channels_last: bool
     compile: bool
     fast_dropout: bool = False  # CPU only: nn.Dropout -> FastDropout (same distribution, other random stream)
+    flush_denormal: bool = False  # CPU only: subnormal floats are read and written as 0 (x86 FTZ/DAZ)
 
     def autocast(self) -> ContextManager:
         """Mixed precision for the forward pass (weights and optimizer state stay float32)."""
@@ -51,11 +53,12 @@ class SpeedSettings:
 
 def resolve_speed(
     precision: str, channels_last: str | bool, compile_model: bool, device: torch.device, fast_dropout: str | bool = "auto",
+    flush_denormal: str | bool = "auto",
 ) -> SpeedSettings:
     """Turn the trainer's config values into concrete settings for this device.
 
     Raises:
-        ConfigError: unknown precision or fast_dropout value, or fp16 where no GradScaler backend exists.
+        ConfigError: unknown precision, fast_dropout or flush_denormal value, or fp16 where no GradScaler backend exists.
     """
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
@@ -68,4 +71,34 @@ def resolve_speed(
         raise ConfigError(f"trainer.fast_dropout={fast_dropout} is not known", "use auto, true or false")
     # other devices already have a fused dropout kernel, so `true` changes nothing there
     cpu_masks = device.type == "cpu" and fast_dropout in ("auto", True)
-    return SpeedSettings(PRECISIONS[precision], device.type, use_channels_last, bool(compile_model), cpu_masks)
+    if flush_denormal not in ("auto", True, False):
+        raise ConfigError(f"trainer.flush_denormal={flush_denormal} is not known", "use auto, true or false")
+    flush = device.type == "cpu" and flush_denormal in ("auto", True)  # GPUs flush in their own kernels
+    return SpeedSettings(PRECISIONS[precision], device.type, use_channels_last, bool(compile_model), cpu_masks, flush)
+
+
+def flush_subnormals() -> bool:
+    """Treat float values below 1.2e-38 as 0 on the CPU (x86 FTZ/DAZ); True if every intra-op thread does.
+
+    Adam's first moment of a weight whose unit stopped firing decays by 0.9 a step and passes through
+    the subnormal range, where x86 arithmetic is ~100x slower: with lr 1e-3 the R4 teacher's epochs
+    2 and 3 took 7.8-8.1 s instead of 2.7-2.8 s (docs/performance.md). Values that small change no
+    weight: an update of 1e-38 is far below the last bit of any weight it is added to.
+
+    The flags are per thread and a thread inherits them when it starts, so this must run before torch
+    starts its intra-op threads (Run does it first thing); the check below multiplies subnormals on
+    every thread to find out.
+    """
+    if not torch.set_flush_denormal(True):
+        return False
+    return subnormals_left() == 0
+
+
+def subnormals_left() -> int:
+    """How many of a large block of subnormals survive a multiplication by 1 (run on every intra-op thread).
+
+    Built from the bit pattern 0x00000001 (1.4e-45): a float literal would already be flushed when the
+    calling thread converts it.
+    """
+    probe = torch.ones(torch.get_num_threads() * 65_536, dtype=torch.int32).view(torch.float32)
+    return int((probe * 1.0).count_nonzero())
