@@ -11,6 +11,7 @@ weights-only loading); `load_quantized` rebuilds the model around it.
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 
 import torch
@@ -25,6 +26,9 @@ FILE_FORMAT = "kdrun-torchao-int8"
 
 
 def require_torchao() -> None:
+    # torchao registers its enums with torch's pytree, which logs a deprecation notice meant for torchao's
+    # authors on every import (torch 2.14 + torchao 0.18); a user of kdrun can do nothing about it
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
         import torchao  # noqa: F401
     except ImportError:
