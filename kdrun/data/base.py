@@ -8,7 +8,7 @@ data; carving validation, trimming and statistics happen here, the same way for 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -53,6 +53,7 @@ class DataSplits:
     class_names: list[str]
     mean: list[float]   # per channel, on the [0, 1] scale, from the training split
     std: list[float]
+    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -64,13 +65,20 @@ class DataSplits:
         return len(self.class_names)
 
     def fingerprint(self) -> str:
-        """Content hash of train + val (what a teacher learns from and is selected on)."""
+        """Content hash of train + val (what a teacher learns from and is selected on).
+
+        Computed once: the teacher's and the independent student's cache keys both need it, and for a
+        streamed tree it stats every file.
+        """
+        if self._fingerprint is not None:
+            return self._fingerprint
         digest = hashlib.sha256()
         for part in (self.train, self.val):
             images = part.images
             digest.update(images.fingerprint() if isinstance(images, ImageFiles) else images.contiguous().numpy().tobytes())
             digest.update(part.labels.contiguous().numpy().tobytes())
-        return digest.hexdigest()
+        self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
 
 def stratified_partition(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -107,10 +107,10 @@ class StreamingBatches(InMemoryBatches):
                 self.current_global_size = global_size  # this batch's, however far the loader has read ahead
             if not bool(readable.all()):
                 images, labels, rows = self._without_unreadable(images, labels, rows, readable)
-                if len(rows) == 0 and distributed.is_active():
-                    raise ConfigError("every file of one of this rank's batches is unreadable",
-                                      "remove the unreadable files: under torchrun every rank must take every step")
                 if len(rows) == 0:
+                    if distributed.is_active():
+                        raise ConfigError("every file of one of this rank's batches is unreadable",
+                                          "remove the unreadable files: under torchrun every rank must take every step")
                     continue
             images = images.to(self.device, non_blocking=True)
             if self.augment is not None:

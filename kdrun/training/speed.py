@@ -67,14 +67,21 @@ def resolve_speed(
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError(f"trainer.precision=fp16 needs a CUDA device (this run uses {device})", "use bf16 or fp32")
     use_channels_last = device.type == "cuda" if channels_last == "auto" else bool(channels_last)
-    if fast_dropout not in ("auto", True, False):
-        raise ConfigError(f"trainer.fast_dropout={fast_dropout} is not known", "use auto, true or false")
-    # other devices already have a fused dropout kernel, so `true` changes nothing there
-    cpu_masks = device.type == "cpu" and fast_dropout in ("auto", True)
-    if flush_denormal not in ("auto", True, False):
-        raise ConfigError(f"trainer.flush_denormal={flush_denormal} is not known", "use auto, true or false")
-    flush = device.type == "cpu" and flush_denormal in ("auto", True)  # GPUs flush in their own kernels
+    # GPUs already have a fused dropout kernel and flush subnormals in their own kernels
+    cpu_masks = cpu_only_switch("fast_dropout", fast_dropout, device)
+    flush = cpu_only_switch("flush_denormal", flush_denormal, device)
     return SpeedSettings(PRECISIONS[precision], device.type, use_channels_last, bool(compile_model), cpu_masks, flush)
+
+
+def cpu_only_switch(name: str, value: str | bool, device: torch.device) -> bool:
+    """A trainer.<name> of auto/true/false for a CPU-only speed-up: on for CPU runs unless false.
+
+    Raises:
+        ConfigError: for any other value.
+    """
+    if value not in ("auto", True, False):
+        raise ConfigError(f"trainer.{name}={value} is not known", "use auto, true or false")
+    return device.type == "cpu" and value in ("auto", True)
 
 
 def flush_subnormals() -> bool:
