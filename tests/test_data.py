@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kdrun.data import DATASETS, make_splits
-from kdrun.data.base import Split, stratified_partition
+from kdrun.data.base import Split, channel_statistics, stratified_partition
 from kdrun.data.batches import InMemoryBatches
 from kdrun.data.idx import find_idx_files
 from kdrun.errors import ConfigError
@@ -100,6 +100,17 @@ def test_stratified_partition_keeps_class_shares():
     kept, held_out = stratified_partition(labels, 0.1, seed=3)
     assert torch.bincount(labels[held_out]).tolist() == [5, 3, 2]
     assert len(set(kept.tolist()) & set(held_out.tolist())) == 0 and len(kept) + len(held_out) == 100
+
+
+def test_channel_statistics_equal_a_float64_pass_over_every_pixel():
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (50, 3, 9, 7), generator=generator, dtype=torch.uint8)
+    images[:, 1] //= 4  # channels with different distributions
+    mean, std = channel_statistics(images)
+    pixels = images.transpose(0, 1).reshape(3, -1).to(torch.float64) / 255
+    assert mean == pytest.approx(pixels.mean(dim=1).tolist(), abs=1e-12)
+    assert std == pytest.approx(pixels.std(dim=1, unbiased=False).tolist(), abs=1e-12)
+    assert channel_statistics(torch.full((4, 1, 2, 2), 255, dtype=torch.uint8)) == ([1.0], [1e-6])  # constant: no zero std
 
 
 def test_batches_normalise_and_carry_sample_indices():
