@@ -3,16 +3,18 @@ or half-written entry is detected and trained again, never used."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, read_summary
+from conftest import REPO, read_summary, write_idx
 from kdrun.models import build_model
 from kdrun.training.teacher_cache import ModelCache
 
@@ -98,3 +100,27 @@ def test_damaged_teacher_entry_is_retrained_through_the_cli(tmp_path: Path):
     assert "is invalid" in second.stderr and read_summary(tmp_path / "second")["phases"]["teacher"]["source"] == "trained"
     assert read_summary(tmp_path / "second")["phases"]["teacher"]["test_acc"] == read_summary(tmp_path / "first")["phases"]["teacher"]["test_acc"]
     assert json.loads((entry / "meta.json").read_text())["weights_sha256"]  # a valid entry again
+
+
+def test_a_cached_model_reports_its_recorded_test_accuracy_only_on_the_same_test_split(kdrun_in, tiny_mnist: Path):
+    data = ["dataset=mnist", f"dataset.root={tiny_mnist}", "dataset.download=false", "teacher.hidden=[32]",
+            "teacher_epochs=2", "student_epochs=1", "trainer.progress=false"]
+    first, first_dir = kdrun_in(*data, run_name="first")
+    assert first.returncode == 0, first.stderr
+    tested = read_summary(first_dir)["phases"]["teacher"]["test_acc"]
+    assert tested >= 0.8
+    (meta_path,) = (tiny_mnist.parent / "cache" / "teachers").glob("mlp-*/meta.json")
+    meta = json.loads(meta_path.read_text())
+    meta["result"].update(test_acc=0.125, test_acc_last=0.25)  # marks: only a reused record can report these
+    meta_path.write_text(json.dumps(meta))
+    same, same_dir = kdrun_in(*data, run_name="same")
+    teacher = read_summary(same_dir)["phases"]["teacher"]
+    assert same.returncode == 0 and teacher["source"] == "cache"
+    assert (teacher["test_acc"], teacher["test_acc_last"]) == (0.125, 0.25)  # same test split: not tested again
+    labels_path = tiny_mnist / "t10k-labels-idx1-ubyte.gz"
+    labels = np.frombuffer(gzip.decompress(labels_path.read_bytes())[8:], dtype=np.uint8)
+    write_idx(labels_path, (labels + 1) % 10)  # another test split, same train/val: the same cache entry
+    changed, changed_dir = kdrun_in(*data, run_name="changed")
+    teacher = read_summary(changed_dir)["phases"]["teacher"]
+    assert changed.returncode == 0 and teacher["source"] == "cache"
+    assert teacher["test_acc"] == teacher["test_acc_last"] <= 1 - tested + 1e-9  # tested now, on the shifted labels

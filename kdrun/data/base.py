@@ -70,15 +70,23 @@ class DataSplits:
         Computed once: the teacher's and the independent student's cache keys both need it, and for a
         streamed tree it stats every file.
         """
-        if self._fingerprint is not None:
-            return self._fingerprint
-        digest = hashlib.sha256()
-        for part in (self.train, self.val):
-            images = part.images
-            digest.update(images.fingerprint() if isinstance(images, ImageFiles) else images.contiguous().numpy().tobytes())
-            digest.update(part.labels.contiguous().numpy().tobytes())
-        self._fingerprint = digest.hexdigest()
+        if self._fingerprint is None:
+            self._fingerprint = content_hash(self.train, self.val)
         return self._fingerprint
+
+    def test_fingerprint(self) -> str:
+        """Content hash of the test split: a cached model's recorded test accuracy holds only for it."""
+        return content_hash(self.test)
+
+
+def content_hash(*parts: Split) -> str:
+    """sha256 over the images (for files: paths, sizes, mtimes) and labels of `parts`, in order."""
+    digest = hashlib.sha256()
+    for part in parts:
+        images = part.images
+        digest.update(images.fingerprint() if isinstance(images, ImageFiles) else images.contiguous().numpy().tobytes())
+        digest.update(part.labels.contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def stratified_partition(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

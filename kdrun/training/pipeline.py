@@ -50,6 +50,7 @@ class Run:
         self.phases: dict[str, dict[str, Any]] = {}
         self.data: DataSplits | None = None
         self.teacher_entry: Path | None = None  # the teacher cache entry in use, if any
+        self._test_split: dict[str, str] | None = None
         self.checkpoints = checkpoint_store(cfg, run_dir)  # per-epoch state of each phase (resume=true)
 
     def execute(self) -> None:
@@ -144,7 +145,7 @@ class Run:
                 self.phases["teacher"] = {
                     **meta["result"],
                     "source": "cache",
-                    "test_acc": self.test_accuracy(teacher),
+                    **self.cached_test_accuracy(teacher, meta),
                     "seconds": time.perf_counter() - started,
                     "train_seconds": meta["result"]["seconds"],
                     "weights": str(entry / "weights.safetensors"),
@@ -152,7 +153,7 @@ class Run:
                 return teacher
             result = self.train("teacher", teacher, CrossEntropy(), cfg.teacher_epochs)
             summary = phase_summary(result, teacher, source="trained")
-            cache.store(entry, teacher, {"identity": identity, "result": summary})
+            cache.store(entry, teacher, {"identity": identity, "result": summary, "test_split": self.test_split()})
             log.info("teacher: trained and stored in cache %s", entry)
         self.phases["teacher"] = {**summary, "weights": str(entry / "weights.safetensors")}
         return teacher
@@ -209,11 +210,11 @@ class Run:
             if meta is None:
                 result = self.train("independent", student, CrossEntropy(), cfg.student_epochs)
                 summary = phase_summary(result, student, source="trained")
-                cache.store(entry, student, {"identity": identity, "result": summary})
+                cache.store(entry, student, {"identity": identity, "result": summary, "test_split": self.test_split()})
                 log.info("independent: trained and stored in cache %s", entry)
             else:
                 log.info("independent: loaded from cache %s", entry)
-                summary = {**meta["result"], "source": "cache", "test_acc": self.test_accuracy(student),
+                summary = {**meta["result"], "source": "cache", **self.cached_test_accuracy(student, meta),
                            "seconds": time.perf_counter() - started, "train_seconds": meta["result"]["seconds"]}
         weights = self.run_dir / "independent.safetensors"  # a copy in the run: runs stay self-contained
         save_weights(weights, student, {"phase": "independent", "model": name})
@@ -263,6 +264,25 @@ class Run:
 
     def test_accuracy(self, model: nn.Module) -> float:
         return evaluate(model, self.batches("test"))
+
+    def test_split(self) -> dict[str, str]:
+        """What a recorded test accuracy depends on besides the weights: the test data and the device type."""
+        if self._test_split is None:
+            self._test_split = {"fingerprint": self.data.test_fingerprint(), "device": self.device.type}
+        return self._test_split
+
+    def cached_test_accuracy(self, model: nn.Module, meta: dict[str, Any]) -> dict[str, float]:
+        """A cached model's test accuracies as recorded when it was trained, if that was on this test split.
+
+        The cache key covers train and val only, so a sweep over alpha and T would otherwise re-test
+        the same teacher on the same images in every run (seconds per run for a CNN teacher). On
+        another test split it is tested now; its last-epoch weights are gone, so both fields are the
+        cached (best-validation) weights' accuracy.
+        """
+        if meta.get("test_split") == self.test_split():
+            return {"test_acc": meta["result"]["test_acc"], "test_acc_last": meta["result"]["test_acc_last"]}
+        test_acc = self.test_accuracy(model)
+        return {"test_acc": test_acc, "test_acc_last": test_acc}
 
 
 def phase_summary(result: PhaseResult, model: nn.Module, source: str) -> dict[str, Any]:
