@@ -20,7 +20,7 @@ SCHEMA_NAME = "kdrun_schema"
 
 @dataclass
 class TrainerSchema:
-    eval_batch_size: int = MISSING
+    eval_batch_size: Any = MISSING  # auto | int >= 1
     progress: bool = MISSING
     cache_teacher_logits: bool = MISSING
     precision: str = MISSING
@@ -113,10 +113,11 @@ def validate(cfg: DictConfig) -> None:
     for key in ("teacher_epochs", "student_epochs"):
         _check(cfg[key] >= 0, f"{key}={cfg[key]} is negative", f"use {key}=0 or more")
     _check(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} must be >= 1", "try batch_size=32")
+    eval_batch = cfg.trainer.eval_batch_size
     _check(
-        cfg.trainer.eval_batch_size >= 1,
-        f"trainer.eval_batch_size={cfg.trainer.eval_batch_size} must be >= 1",
-        "try trainer.eval_batch_size=1024",
+        eval_batch == "auto" or (isinstance(eval_batch, int) and not isinstance(eval_batch, bool) and eval_batch >= 1),
+        f"trainer.eval_batch_size={eval_batch} must be auto or an integer >= 1",
+        "try trainer.eval_batch_size=auto",
     )
     _check(cfg.lr > 0, f"lr={cfg.lr} must be > 0", "try lr=0.001")
     measure = cfg.compression.measure

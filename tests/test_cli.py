@@ -70,6 +70,7 @@ def test_teacher_checkpoint_and_skipping_the_independent_student(kdrun_in, tmp_p
         (["T=0"], "T=0.0 must be > 0"),
         (["alpha=1.5"], "alpha=1.5 is outside [0, 1]"),
         (["trainer.threads=0"], "trainer.threads=0 must be >= 1"),
+        (["trainer.eval_batch_size=big"], "trainer.eval_batch_size=big must be auto or an integer >= 1"),
         (["method=nope"], "unknown method 'nope' (choose one of: activation_kl, adaptive_T, attention, basic"),
         (["T=abc"], "could not be converted to Float"),
         (["teacher_epochs=-1"], "teacher_epochs=-1 is negative"),

@@ -32,7 +32,7 @@ def compress_student(run: Any, student: nn.Module, objective: Objective) -> None
         train=run.train,
         evaluate=lambda model, split: evaluate(model, split_batches(run, split, model_device(model))),
         batches=partial(split_batches, run),
-        latency_inputs=latency_batch(run, measure.batch_size or run.cfg.trainer.eval_batch_size),
+        latency_inputs=latency_batch(run, measure.batch_size or run.eval_batch_size),
         latency_repeats=measure.repeats,
     )
     run_stages(stages, student, context, run.phases, source="distilled")
@@ -47,7 +47,7 @@ def split_batches(run: Any, split: str, device: torch.device) -> InMemoryBatches
     """Evaluation batches of a split on `device` (quantised models run on the CPU whatever the run's device)."""
     data = run.data
     part = run.splits["train" if split == "train_eval" else split]
-    return in_order_batches(part, data.mean, data.std, run.cfg.trainer.eval_batch_size, device, seed=run.cfg.seed)
+    return in_order_batches(part, data.mean, data.std, run.eval_batch_size, device, seed=run.cfg.seed)
 
 
 def latency_batch(run: Any, size: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ import math
 import operator
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Optional, Protocol
+from typing import Any, Callable, Iterable, Optional, Protocol
 
 import torch
 from torch import nn
@@ -60,6 +60,11 @@ class PhaseResult:
     test_acc_last: float
     seconds: float
     history: list[EpochRecord] = field(default_factory=list)
+
+    def summary(self, params: int) -> dict[str, Any]:
+        """The phase's entry in summary.json (and in a cache entry's meta) for a model trained here."""
+        return {"source": "trained", "test_acc": self.test_acc, "test_acc_last": self.test_acc_last,
+                "best_epoch": self.best_epoch, "best_val_acc": self.best_val_acc, "params": params, "seconds": self.seconds}
 
 
 class PhaseObserver(Protocol):

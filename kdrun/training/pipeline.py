@@ -22,6 +22,7 @@ from kdrun.files import load_tensor, load_weights, save_tensor, save_weights
 from kdrun.methods import METHODS, CrossEntropy, FrozenTeacher, Objective
 from kdrun.models import check_output, count_parameters
 from kdrun.training.device import resolve_device, reuse_freed_host_memory
+from kdrun.training.evaluation_batch import evaluation_batch_size
 from kdrun.training.from_config import load_data, make_factory, model_from_group, plain
 from kdrun.training.loop import PhaseObserver, PhaseResult, PhaseSettings, evaluate, train_phase
 from kdrun.training.resume import checkpoint_store
@@ -31,6 +32,7 @@ from kdrun.training.rank_cache import RankAwareCache
 from kdrun.training.teacher_cache import cache_key
 
 log = logging.getLogger("kdrun")
+
 
 class Run:
     """A run in progress: the config, where it writes, and the phase summaries filled in as they finish."""
@@ -84,6 +86,8 @@ class Run:
         teacher = self.new_model(self.cfg.teacher)
         student = self.new_model(self.cfg.student)
         self.build_method(teacher, student)
+        self.eval_batch_size = evaluation_batch_size(
+            self.cfg.trainer.eval_batch_size, (teacher, student), self.data.input_shape, self.device)
         if self.cfg.compress:
             from kdrun.compression.runner import check_compression
 
@@ -152,7 +156,7 @@ class Run:
                 }
                 return teacher
             result = self.train("teacher", teacher, CrossEntropy(), cfg.teacher_epochs)
-            summary = phase_summary(result, teacher, source="trained")
+            summary = result.summary(count_parameters(teacher))
             cache.store(entry, teacher, {"identity": identity, "result": summary, "test_split": self.test_split()})
             log.info("teacher: trained and stored in cache %s", entry)
         self.phases["teacher"] = {**summary, "weights": str(entry / "weights.safetensors")}
@@ -209,7 +213,7 @@ class Run:
             meta = cache.load(entry, student)
             if meta is None:
                 result = self.train("independent", student, CrossEntropy(), cfg.student_epochs)
-                summary = phase_summary(result, student, source="trained")
+                summary = result.summary(count_parameters(student))
                 cache.store(entry, student, {"identity": identity, "result": summary, "test_split": self.test_split()})
                 log.info("independent: trained and stored in cache %s", entry)
             else:
@@ -228,7 +232,7 @@ class Run:
         result = self.train(phase, student, objective, self.cfg.student_epochs)
         weights = self.run_dir / f"{phase}.safetensors"
         save_weights(weights, student, {"phase": phase, "model": name})
-        self.phases[phase] = {**phase_summary(result, student, source="trained"), **(extra or {}), "weights": str(weights)}
+        self.phases[phase] = {**result.summary(count_parameters(student)), **(extra or {}), "weights": str(weights)}
         self.phases[phase]["extra_params"] = count_parameters(objective)  # adapters: trained, not exported
         return student
 
@@ -253,7 +257,7 @@ class Run:
 
     def batches(self, split: str, shuffle: bool = False) -> InMemoryBatches:
         """Batches over a split; 'train_eval' is the training split in evaluation batches, in order."""
-        size = self.cfg.batch_size if shuffle else self.cfg.trainer.eval_batch_size
+        size = self.cfg.batch_size if shuffle else self.eval_batch_size
         part = self.splits["train" if split == "train_eval" else split]
         if split == "train_eval":  # teacher logits: the whole split on every rank
             return in_order_batches(part, self.data.mean, self.data.std, size, self.device, seed=self.cfg.seed)
@@ -284,14 +288,3 @@ class Run:
         test_acc = self.test_accuracy(model)
         return {"test_acc": test_acc, "test_acc_last": test_acc}
 
-
-def phase_summary(result: PhaseResult, model: nn.Module, source: str) -> dict[str, Any]:
-    return {
-        "source": source,
-        "test_acc": result.test_acc,
-        "test_acc_last": result.test_acc_last,
-        "best_epoch": result.best_epoch,
-        "best_val_acc": result.best_val_acc,
-        "params": count_parameters(model),
-        "seconds": result.seconds,
-    }
