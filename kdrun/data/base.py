@@ -54,6 +54,7 @@ class DataSplits:
     mean: list[float]   # per channel, on the [0, 1] scale, from the training split
     std: list[float]
     _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
+    _test_fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -76,7 +77,9 @@ class DataSplits:
 
     def test_fingerprint(self) -> str:
         """Content hash of the test split: a cached model's recorded test accuracy holds only for it."""
-        return content_hash(self.test)
+        if self._test_fingerprint is None:
+            self._test_fingerprint = content_hash(self.test)
+        return self._test_fingerprint
 
 
 def content_hash(*parts: Split) -> str:

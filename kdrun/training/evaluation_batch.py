@@ -4,8 +4,9 @@ Evaluation (validation, test, the teacher-logits pass) runs without autograd, so
 are simply faster. On a CPU they are not for convolutional models: a batch's activations must stay in
 the caches. A small CNN teacher on 28x28 MNIST (64 channels at full resolution, 196 KiB per sample in
 its widest layer) spent 13.5 s evaluating its 12.5k validation and test images at batch 1024 (205 MB
-per layer output) and 7.6-8.5 s at 32-128; the R4 MLPs (4.7 KiB per sample) want the largest batch, because their matmuls get
-more efficient with every row. Budgeting the widest layer output fits both (docs/performance.md).
+per layer output) and 7.6-8.5 s at 32-128; the R4 MLPs (4.7 KiB per sample) want the largest batch,
+because their matmuls get more efficient with every row. Budgeting the widest layer output fits both
+(docs/performance.md).
 """
 
 from __future__ import annotations

@@ -52,7 +52,6 @@ class Run:
         self.phases: dict[str, dict[str, Any]] = {}
         self.data: DataSplits | None = None
         self.teacher_entry: Path | None = None  # the teacher cache entry in use, if any
-        self._test_split: dict[str, str] | None = None
         self.checkpoints = checkpoint_store(cfg, run_dir)  # per-epoch state of each phase (resume=true)
 
     def execute(self) -> None:
@@ -271,9 +270,7 @@ class Run:
 
     def test_split(self) -> dict[str, str]:
         """What a recorded test accuracy depends on besides the weights: the test data and the device type."""
-        if self._test_split is None:
-            self._test_split = {"fingerprint": self.data.test_fingerprint(), "device": self.device.type}
-        return self._test_split
+        return {"fingerprint": self.data.test_fingerprint(), "device": self.device.type}
 
     def cached_test_accuracy(self, model: nn.Module, meta: dict[str, Any]) -> dict[str, float]:
         """A cached model's test accuracies as recorded when it was trained, if that was on this test split.
