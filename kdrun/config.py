@@ -30,6 +30,7 @@ class TrainerSchema:
     flush_denormal: Any = MISSING  # auto | true | false
     tensorboard: Any = MISSING  # auto | true | false
     threads: Any = MISSING  # auto | int >= 1
+    checkpoint_seconds: float = MISSING  # >= 0; 0 = a resume checkpoint after every epoch
 
 
 @dataclass
@@ -113,13 +114,11 @@ def validate(cfg: DictConfig) -> None:
     for key in ("teacher_epochs", "student_epochs"):
         _check(cfg[key] >= 0, f"{key}={cfg[key]} is negative", f"use {key}=0 or more")
     _check(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} must be >= 1", "try batch_size=32")
-    eval_batch = cfg.trainer.eval_batch_size
-    _check(
-        eval_batch == "auto" or (isinstance(eval_batch, int) and not isinstance(eval_batch, bool) and eval_batch >= 1),
-        f"trainer.eval_batch_size={eval_batch} must be auto or an integer >= 1",
-        "try trainer.eval_batch_size=auto",
-    )
+    for key in ("eval_batch_size", "threads"):
+        _check_auto_or_count(f"trainer.{key}", cfg.trainer[key])
     _check(cfg.lr > 0, f"lr={cfg.lr} must be > 0", "try lr=0.001")
+    seconds = cfg.trainer.checkpoint_seconds
+    _check(seconds >= 0, f"trainer.checkpoint_seconds={seconds} must be >= 0", "0 writes a checkpoint after every epoch")
     measure = cfg.compression.measure
     _check(measure.repeats >= 1, f"compression.measure.repeats={measure.repeats} must be >= 1", "try 20")
     _check(
@@ -138,6 +137,12 @@ def validate(cfg: DictConfig) -> None:
 def _check(condition: bool, message: str, hint: str) -> None:
     if not condition:
         raise ConfigError(message, hint)
+
+
+def _check_auto_or_count(key: str, value: Any) -> None:
+    """Keys typed `Any` so that they accept `auto`; anything else must be a whole number >= 1."""
+    is_count = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    _check(value == "auto" or is_count, f"{key}={value} must be auto or an integer >= 1", f"try {key}=auto")
 
 
 def _reject_unknown_root_keys(cfg: DictConfig) -> None:

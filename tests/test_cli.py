@@ -69,7 +69,8 @@ def test_teacher_checkpoint_and_skipping_the_independent_student(kdrun_in, tmp_p
     [
         (["T=0"], "T=0.0 must be > 0"),
         (["alpha=1.5"], "alpha=1.5 is outside [0, 1]"),
-        (["trainer.threads=0"], "trainer.threads=0 must be >= 1"),
+        (["trainer.threads=0"], "trainer.threads=0 must be auto or an integer >= 1"),
+        (["trainer.threads=two"], "trainer.threads=two must be auto or an integer >= 1"),
         (["trainer.eval_batch_size=big"], "trainer.eval_batch_size=big must be auto or an integer >= 1"),
         (["method=nope"], "unknown method 'nope' (choose one of: activation_kl, adaptive_T, attention, basic"),
         (["T=abc"], "could not be converted to Float"),
@@ -90,6 +91,19 @@ def test_bad_input_is_one_line_exit_2_and_leaves_no_run(kdrun_in, arguments, exp
     assert lines[-1].startswith("kdrun: error: ") and expected in lines[-1], lines
     assert "Traceback" not in result.stderr
     assert not (run_dir / "summary.json").exists() and not run_dir.exists()
+
+
+@pytest.mark.parametrize("value, accepted", [("auto", True), (1, True), (8, True), (0, False), (1.5, False), (True, False), ("2", False)])
+def test_auto_or_count_keys(value, accepted):
+    """trainer.threads and trainer.eval_batch_size are typed Any (for `auto`), so validate checks the rest."""
+    from kdrun.config import _check_auto_or_count
+    from kdrun.errors import ConfigError
+
+    if accepted:
+        _check_auto_or_count("trainer.threads", value)
+    else:
+        with pytest.raises(ConfigError, match="must be auto or an integer >= 1"):
+            _check_auto_or_count("trainer.threads", value)
 
 
 def test_full_error_shows_traceback(kdrun_in, tmp_path):

@@ -16,7 +16,7 @@ from conftest import REPO, read_metrics, read_summary, run_kdrun
 
 # Small but not instant: epochs must last long enough for a signal to land inside a phase.
 ARGUMENTS = ["teacher_epochs=2", "student_epochs=5", "teacher.hidden=[32]", "dataset.max_train_samples=300",
-             "trainer.progress=false"]
+             "trainer.progress=false", "trainer.checkpoint_seconds=0"]  # 0: a checkpoint after every epoch
 TIMING = ("seconds", "samples_per_s")  # the only fields allowed to differ between two runs
 
 
@@ -93,6 +93,18 @@ def test_kill_9_then_ctrl_c_then_resume_ends_bit_for_bit_like_an_uninterrupted_r
     assert again.returncode == 2 and "already completed" in again.stderr and again.stderr.count("\n") == 1
 
 
+def test_resume_with_the_default_checkpoint_interval(reference, tmp_path):
+    """Short phases write only their final checkpoint: a kill loses the phase under way, which trains again."""
+    run_dir, cache = tmp_path / "run", tmp_path / "cache"
+    first = start(run_dir, cache, "trainer.checkpoint_seconds=30")
+    signal_when(first, run_dir / "checkpoints" / "teacher.safetensors", signal.SIGKILL)  # the teacher is done
+    assert first.returncode == -signal.SIGKILL
+    result = run_kdrun("resume", str(run_dir), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert comparable(run_dir) == comparable(reference)  # the teacher's source is still "trained" (this run trained it)
+    assert same_weights(run_dir / "distilled.safetensors", reference / "distilled.safetensors")
+
+
 def same_weights(first: Path, second: Path) -> bool:
     """Bit-identical tensors and equal metadata (safetensors may order the header's metadata keys differently)."""
     from safetensors import safe_open
@@ -101,3 +113,74 @@ def same_weights(first: Path, second: Path) -> bool:
         if one.metadata() != other.metadata() or sorted(one.keys()) != sorted(other.keys()):
             return False
         return all(one.get_tensor(key).numpy().tobytes() == other.get_tensor(key).numpy().tobytes() for key in one.keys())
+
+
+# -- when checkpoints are written (unit level, through the one training loop) ------------------------
+def train_with_checkpoints(directory: Path, interval_seconds: float, resume: bool = False, epochs: int = 4):
+    import functools
+
+    import torch
+
+    from kdrun.data import DATASETS, make_splits
+    from kdrun.data.batches import InMemoryBatches
+    from kdrun.methods import CrossEntropy
+    from kdrun.models import build_model
+    from kdrun.training.checkpoint import CheckpointStore
+    from kdrun.training.loop import PhaseSettings, train_phase
+    from kdrun.training.run_files import Observers
+
+    data = make_splits(DATASETS.build("digits", 0), 0.1, 300, seed=0)
+    cpu = torch.device("cpu")
+
+    def batches(split: str, shuffle: bool = False) -> InMemoryBatches:
+        return InMemoryBatches(getattr(data, split), data.mean, data.std, 32, cpu, shuffle, seed=0)
+
+    torch.manual_seed(0)
+    model = build_model("mlp", data.input_shape, 10, hidden=[16], dropout=0.5)
+    store = CheckpointStore(directory, {"run": "config"}, resume, interval_seconds)
+    settings = PhaseSettings(epochs, functools.partial(torch.optim.Adam, lr=1e-3), checkpoint=store.phase("phase"))
+    result = train_phase("phase", model, CrossEntropy(), batches("train", True), batches("val"), batches("test"),
+                         settings, Observers([]))
+    return result, model
+
+
+def written_checkpoints(monkeypatch) -> list[dict]:
+    """Record the header of every checkpoint file written from here on."""
+    import kdrun.training.checkpoint as checkpoint_module
+    from safetensors.torch import load
+
+    headers = []
+    original = checkpoint_module.write_bytes_atomic
+
+    def recording(path: Path, payload: bytes) -> None:
+        original(path, payload)
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as stream:
+            headers.append(json.loads(stream.metadata()[checkpoint_module.METADATA_KEY]))
+        assert load(payload)  # the bytes written are a whole safetensors file
+
+    monkeypatch.setattr(checkpoint_module, "write_bytes_atomic", recording)
+    return headers
+
+
+@pytest.mark.parametrize("interval, epochs_written", [(0.0, [1, 2, 3, 4]), (3600.0, [4])])
+def test_checkpoints_after_the_interval_and_after_the_last_epoch(monkeypatch, tmp_path, interval, epochs_written):
+    headers = written_checkpoints(monkeypatch)
+    train_with_checkpoints(tmp_path / "checkpoints", interval)
+    assert [header["epoch"] for header in headers] == epochs_written
+    # a finished phase's checkpoint needs no optimizer state: no later epoch will use it
+    assert [header["optimizer"] is None for header in headers] == [epoch == 4 for epoch in epochs_written]
+    assert (tmp_path / "checkpoints" / "config.json").is_file()  # recorded when the phase started
+
+
+def test_a_finished_phase_resumes_from_its_last_checkpoint_without_training(tmp_path):
+    import torch
+
+    finished, model = train_with_checkpoints(tmp_path / "checkpoints", 3600.0)
+    resumed, resumed_model = train_with_checkpoints(tmp_path / "checkpoints", 3600.0, resume=True)
+    assert [record.to_dict() for record in resumed.history] == [record.to_dict() for record in finished.history]
+    assert (resumed.best_epoch, resumed.test_acc, resumed.test_acc_last) == (finished.best_epoch, finished.test_acc,
+                                                                            finished.test_acc_last)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, resumed_model.state_dict()[name]), name

@@ -190,7 +190,7 @@ def execute(
         raise
     except KeyboardInterrupt:
         write_summary(run, overrides, started, "interrupted", "interrupted by the user (Ctrl-C)")
-        fail(f"interrupted; the last epoch's checkpoint is kept in {run_dir} (continue: kdrun resume {run_dir})", 130)
+        fail(f"interrupted; continue from its last checkpoint with: kdrun resume {run_dir}", 130)
     summary = write_summary(run, overrides, started, "completed")
     remove_checkpoints(run_dir)  # a completed run is not resumed
     print_results(summary, run_dir, console_stdout(), file_log)

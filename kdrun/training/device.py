@@ -48,9 +48,7 @@ def configure_threads(setting: Any, parallel_jobs: int) -> int:
             return torch.get_num_threads()
         threads = max(1, (os.cpu_count() or 1) // parallel_jobs)
     else:
-        threads = int(setting)
-        if threads < 1:
-            raise ConfigError(f"trainer.threads={setting} must be >= 1", "use trainer.threads=auto or a positive number")
+        threads = int(setting)  # config.validate has checked it is an integer >= 1
     torch.set_num_threads(threads)
     return threads
 

@@ -132,7 +132,7 @@ def train_phase(
             best_val_acc, best_epoch = record.val_acc, epoch
             best_state = copy.deepcopy(model.state_dict())
         if checkpoint is not None:
-            checkpoint.save(phase, Progress(epoch, best_state, best_epoch, best_val_acc, history))
+            checkpoint.save(phase, Progress(epoch, best_state, best_epoch, best_val_acc, history), epoch == settings.epochs)
     test_acc_last = evaluate(model, test_batches)
     test_acc = test_acc_last
     if best_epoch != settings.epochs:  # the best-validation weights are not the last ones: test them too

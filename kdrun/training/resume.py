@@ -24,11 +24,11 @@ from kdrun.training.checkpoint import CONFIG_FILE, CheckpointStore, checkpoint_e
 log = logging.getLogger("kdrun")
 
 CHECKPOINTS = "checkpoints"
-IGNORED_KEYS = ("resume", "trainer.progress")  # may differ between the first start and a resume
+IGNORED_KEYS = ("resume", "trainer.progress", "trainer.checkpoint_seconds")  # may differ between the first start and a resume
 
 
 def checkpoint_store(cfg: DictConfig, run_dir: Path) -> CheckpointStore:
-    return CheckpointStore(run_dir / CHECKPOINTS, run_config(cfg), bool(cfg.resume))
+    return CheckpointStore(run_dir / CHECKPOINTS, run_config(cfg), bool(cfg.resume), float(cfg.trainer.checkpoint_seconds))
 
 
 def run_config(cfg: DictConfig) -> dict[str, Any]:
