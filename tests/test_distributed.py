@@ -78,6 +78,37 @@ def test_a_failing_rank_ends_the_run_non_zero_without_a_completed_summary(tmp_pa
     assert not (run_dir / "distilled.safetensors").exists()
 
 
+LEFTOVER_WRAPPERS = """
+import gc
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from kdrun.training import distributed
+
+class Holder:  # a reference cycle around a DDP wrapper, as training leaves behind
+    pass
+
+with distributed.session():
+    holder = Holder()
+    holder.itself, holder.wrapper = holder, DistributedDataParallel(nn.Linear(2, 2))
+    del holder
+alive = sum(isinstance(thing, DistributedDataParallel) for thing in gc.get_objects())
+print(f"rank {distributed.environment_rank()}: {alive} DDP wrappers alive", flush=True)
+"""
+
+
+def test_session_frees_ddp_wrappers_before_the_process_group_ends(tmp_path):
+    """A DDP wrapper left in a reference cycle used to be freed at interpreter exit, after the process group:
+    gloo then aborted that rank ("terminate called without an active exception") in ~1 of 6 torchrun runs."""
+    script = tmp_path / "leftover.py"
+    script.write_text(LEFTOVER_WRAPPERS)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(script)]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert sorted(line for line in result.stdout.splitlines() if "DDP" in line) == [
+        "rank 0: 0 DDP wrappers alive", "rank 1: 0 DDP wrappers alive"]
+
+
 def shards(count: int, batch_size: int, world_size: int, shuffle: bool) -> list[ShardedBatches]:
     """Each rank's ShardedBatches over the same split, built as that rank would (no process group needed)."""
     split = Split(torch.zeros(count, 1, 2, 2, dtype=torch.uint8), torch.arange(count) % 10)
