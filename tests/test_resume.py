@@ -1,7 +1,9 @@
-"""Resume after kill -9 and Ctrl-C, through the CLI: the continued run ends bit for bit like an uninterrupted one."""
+"""Resume after kill -9 and Ctrl-C, through the CLI: the continued run ends bit for bit like an uninterrupted one;
+and when a phase writes its checkpoints (trainer.checkpoint_seconds, the final one without optimizer state)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -11,8 +13,19 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load
 
+import kdrun.training.checkpoint as checkpoint_module
 from conftest import REPO, read_metrics, read_summary, run_kdrun
+from kdrun.data import DATASETS, make_splits
+from kdrun.data.batches import InMemoryBatches
+from kdrun.methods import CrossEntropy
+from kdrun.models import build_model
+from kdrun.training.checkpoint import CheckpointStore
+from kdrun.training.loop import PhaseSettings, train_phase
+from kdrun.training.run_files import Observers
 
 # Small but not instant: epochs must last long enough for a signal to land inside a phase.
 ARGUMENTS = ["teacher_epochs=2", "student_epochs=5", "teacher.hidden=[32]", "dataset.max_train_samples=300",
@@ -107,8 +120,6 @@ def test_resume_with_the_default_checkpoint_interval(reference, tmp_path):
 
 def same_weights(first: Path, second: Path) -> bool:
     """Bit-identical tensors and equal metadata (safetensors may order the header's metadata keys differently)."""
-    from safetensors import safe_open
-
     with safe_open(str(first), "pt") as one, safe_open(str(second), "pt") as other:
         if one.metadata() != other.metadata() or sorted(one.keys()) != sorted(other.keys()):
             return False
@@ -117,18 +128,7 @@ def same_weights(first: Path, second: Path) -> bool:
 
 # -- when checkpoints are written (unit level, through the one training loop) ------------------------
 def train_with_checkpoints(directory: Path, interval_seconds: float, resume: bool = False, epochs: int = 4):
-    import functools
-
-    import torch
-
-    from kdrun.data import DATASETS, make_splits
-    from kdrun.data.batches import InMemoryBatches
-    from kdrun.methods import CrossEntropy
-    from kdrun.models import build_model
-    from kdrun.training.checkpoint import CheckpointStore
-    from kdrun.training.loop import PhaseSettings, train_phase
-    from kdrun.training.run_files import Observers
-
+    """One phase on digits through the real loop, with a CheckpointStore in `directory`."""
     data = make_splits(DATASETS.build("digits", 0), 0.1, 300, seed=0)
     cpu = torch.device("cpu")
 
@@ -146,16 +146,11 @@ def train_with_checkpoints(directory: Path, interval_seconds: float, resume: boo
 
 def written_checkpoints(monkeypatch) -> list[dict]:
     """Record the header of every checkpoint file written from here on."""
-    import kdrun.training.checkpoint as checkpoint_module
-    from safetensors.torch import load
-
     headers = []
     original = checkpoint_module.write_bytes_atomic
 
     def recording(path: Path, payload: bytes) -> None:
         original(path, payload)
-        from safetensors import safe_open
-
         with safe_open(str(path), "pt") as stream:
             headers.append(json.loads(stream.metadata()[checkpoint_module.METADATA_KEY]))
         assert load(payload)  # the bytes written are a whole safetensors file
@@ -175,8 +170,6 @@ def test_checkpoints_after_the_interval_and_after_the_last_epoch(monkeypatch, tm
 
 
 def test_a_finished_phase_resumes_from_its_last_checkpoint_without_training(tmp_path):
-    import torch
-
     finished, model = train_with_checkpoints(tmp_path / "checkpoints", 3600.0)
     resumed, resumed_model = train_with_checkpoints(tmp_path / "checkpoints", 3600.0, resume=True)
     assert [record.to_dict() for record in resumed.history] == [record.to_dict() for record in finished.history]
