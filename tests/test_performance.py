@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import platform
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from conftest import REPO, TINY, read_summary, run_kdrun
@@ -77,8 +80,26 @@ def test_teacher_logits_are_kept_in_the_teacher_cache(kdrun_in):
     first, _ = kdrun_in(*TINY, run_name="first")
     second, second_dir = kdrun_in(*TINY, run_name="second")
     assert "teacher logits computed" in first.stderr
-    assert "teacher logits loaded from the teacher cache" in second.stderr
+    assert "teacher logits loaded from the cache" in second.stderr
     assert read_summary(second_dir)["status"] == "completed"
+
+
+def test_a_checkpoint_teachers_logits_are_kept_by_file_content(kdrun_in, tmp_path):
+    """teacher.checkpoint has no teacher cache entry; its logits are kept under the file's content hash."""
+    trained, trained_dir = kdrun_in(*TINY, run_name="trained")
+    weights = Path(read_summary(trained_dir)["phases"]["teacher"]["weights"])
+    copied, changed = tmp_path / "copy.safetensors", tmp_path / "changed.safetensors"
+    shutil.copy(weights, copied)
+    tensors = load_file(str(weights))
+    save_file({name: value + 0.01 if name.endswith("bias") else value for name, value in tensors.items()}, str(changed))
+    runs = {name: kdrun_in(*TINY, f"teacher.checkpoint={path}", "independent=false", run_name=name)
+            for name, path in (("original", weights), ("copy", copied), ("changed", changed))}
+    assert all(result.returncode == 0 for result, _ in runs.values()), [result.stderr for result, _ in runs.values()]
+    assert "teacher logits computed" in runs["original"][0].stderr
+    assert "teacher logits loaded from the cache" in runs["copy"][0].stderr  # same content at another path
+    assert "teacher logits computed" in runs["changed"][0].stderr
+    distilled = [read_summary(run_dir)["phases"]["distilled"] for _, run_dir in runs.values()]
+    assert distilled[0]["test_acc"] == distilled[1]["test_acc"] and distilled[0]["best_val_acc"] == distilled[1]["best_val_acc"]
 
 
 def test_bench_quick_runs_and_prints_ratios(tmp_path):

@@ -29,7 +29,7 @@ from kdrun.training.resume import checkpoint_store
 from kdrun.training.speed import flush_subnormals, resolve_speed
 from kdrun.training import distributed
 from kdrun.training.rank_cache import RankAwareCache
-from kdrun.training.teacher_cache import cache_key
+from kdrun.training.teacher_cache import cache_key, checkpoint_logits_entry
 
 log = logging.getLogger("kdrun")
 
@@ -109,11 +109,14 @@ class Run:
         reused = load_tensor(stored, "logits") if stored is not None and stored.is_file() else None
         if reused is not None and reused.shape[0] == len(self.data.train):
             method.teacher.cached_logits = reused.to(self.device)
-            log.info("teacher logits loaded from the teacher cache (%d samples)", len(self.data.train))
+            log.info("teacher logits loaded from the cache (%d samples)", len(self.data.train))
             return time.perf_counter() - started
         logits = method.teacher.cache_logits(self.batches("train_eval"), len(self.data.train))
-        if stored is not None:
-            save_tensor(stored, "logits", logits)  # the entry's key covers the data, so later runs can reuse them
+        try:
+            if stored is not None:
+                save_tensor(stored, "logits", logits)  # the entry's key covers the data, so later runs can reuse them
+        except OSError as error:  # a read-only cache_dir costs the next run this pass, nothing more
+            log.info("teacher logits not kept in %s (%s)", stored.parent, error.strerror)
         seconds = time.perf_counter() - started
         log.info("teacher logits computed for %d training samples (%.2fs)", len(self.data.train), seconds)
         return seconds
@@ -134,10 +137,13 @@ class Run:
         name = options.pop("name")
         torch.manual_seed(cfg.seed)
         teacher = self.new_model(cfg.teacher)
+        cache_dir, identity = Path(cfg.cache_dir).expanduser().resolve(), self.teacher_identity(name, options)
         if checkpoint:
-            return self.load_checkpoint_teacher(teacher, Path(checkpoint).expanduser().resolve())
-        cache = RankAwareCache(Path(cfg.cache_dir).expanduser().resolve())
-        identity = self.teacher_identity(name, options)
+            path = Path(checkpoint).expanduser().resolve()
+            teacher = self.load_checkpoint_teacher(teacher, path)
+            self.teacher_entry = checkpoint_logits_entry(cache_dir, path, identity, self.device.type)  # logits only
+            return teacher
+        cache = RankAwareCache(cache_dir)
         entry = cache.entry(name, cache_key(identity))
         self.teacher_entry = entry
         with cache.locked(entry):

@@ -36,6 +36,21 @@ def cache_key(identity: dict[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+def checkpoint_logits_entry(cache_dir: Path, checkpoint: Path, identity: dict[str, Any], device_type: str) -> Path:
+    """Where the training-set logits of a `teacher.checkpoint` teacher are kept between runs.
+
+    Such a teacher has no cache entry of its own, yet every run of a sweep that passes the same file
+    needs the same logits (a 27 s pass for a small CNN over Fashion-MNIST). The key is the file's
+    content (not its path), the model, the data split and what changes the logits' rounding.
+    """
+    key = cache_key({
+        "checkpoint_sha256": sha256_of(checkpoint), "model": identity["model"], "data": identity["data"],
+        "normalisation": identity["training"]["normalisation"], "precision": identity["training"]["precision"],
+        "device": device_type,
+    })
+    return cache_dir / "checkpoint_teachers" / f"{identity['model']['name']}-{key}"
+
+
 class ModelCache:
     """One kind of cached model; a sweep over alpha/T trains each teacher and independent student once."""
 
