@@ -71,6 +71,7 @@ def test_teacher_checkpoint_and_skipping_the_independent_student(kdrun_in, tmp_p
         (["alpha=1.5"], "alpha=1.5 is outside [0, 1]"),
         (["trainer.threads=0"], "trainer.threads=0 must be auto or an integer >= 1"),
         (["trainer.threads=two"], "trainer.threads=two must be auto or an integer >= 1"),
+        (["trainer.checkpoint_seconds=-1"], "trainer.checkpoint_seconds=-1.0 must be >= 0"),
         (["trainer.eval_batch_size=big"], "trainer.eval_batch_size=big must be auto or an integer >= 1"),
         (["method=nope"], "unknown method 'nope' (choose one of: activation_kl, adaptive_T, attention, basic"),
         (["T=abc"], "could not be converted to Float"),
