@@ -112,11 +112,11 @@ class Run:
             log.info("teacher logits loaded from the cache (%d samples)", len(self.data.train))
             return time.perf_counter() - started
         logits = method.teacher.cache_logits(self.batches("train_eval"), len(self.data.train))
-        try:
-            if stored is not None:
-                save_tensor(stored, "logits", logits)  # the entry's key covers the data, so later runs can reuse them
-        except OSError as error:  # a read-only cache_dir costs the next run this pass, nothing more
-            log.info("teacher logits not kept in %s (%s)", stored.parent, error.strerror)
+        if stored is not None:  # the entry's key covers the data, so later runs can reuse them
+            try:
+                save_tensor(stored, "logits", logits)
+            except OSError as error:  # a read-only cache_dir costs the next run this pass, nothing more
+                log.info("teacher logits not kept in %s (%s)", stored.parent, error.strerror)
         seconds = time.perf_counter() - started
         log.info("teacher logits computed for %d training samples (%.2fs)", len(self.data.train), seconds)
         return seconds
