@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +20,45 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = ["teacher_epochs=2", "student_epochs=2", "trainer.progress=false"]
 
 
-def run_kdrun(*arguments: str, cwd: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """`python -m kdrun ...` in a subprocess (the same entry point as the `kdrun` script)."""
+def kdrun_env(extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a kdrun subprocess: this checkout first on the path, no inherited HYDRA_FULL_ERROR."""
     env = {key: value for key, value in os.environ.items() if key not in ("HYDRA_FULL_ERROR", "KDRUN_USER_HYDRA_FULL_ERROR")}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra_env or {})
+    return env
+
+
+def run_kdrun(*arguments: str, cwd: Path, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m kdrun ...` in a subprocess (the same entry point as the `kdrun` script)."""
     return subprocess.run(
-        [sys.executable, "-m", "kdrun", *arguments], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "kdrun", *arguments], cwd=cwd, env=kdrun_env(extra_env), capture_output=True, text=True,
+        timeout=600,
     )
+
+
+def start_paused(*arguments: str, cwd: Path, pause_after: str = "", mark_locks: bool = False) -> tuple[subprocess.Popen, Path]:
+    """Start `kdrun ARGUMENTS` in the background through tests/paused_kdrun.py; returns it and its marker folder.
+
+    pause_after="<phase>:<epoch>": the run writes markers/paused and waits there until markers/release exists,
+    so a signal sent after the marker appeared lands at that point, on a fast machine as on a slow one.
+    mark_locks: the run writes markers/locking-<entry> just before it takes a model cache lock.
+    """
+    markers = Path(tempfile.mkdtemp(dir=cwd, prefix="markers-"))
+    env = kdrun_env({"KDRUN_TEST_MARKERS": str(markers), "KDRUN_TEST_PAUSE_AFTER": pause_after,
+                     "KDRUN_TEST_MARK_LOCKS": "1" if mark_locks else ""})
+    command = [sys.executable, str(REPO / "tests" / "paused_kdrun.py"), *arguments]
+    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return process, markers
+
+
+def wait_for_marker(process: subprocess.Popen, marker: Path, deadline_seconds: float = 300) -> str:
+    """The marker's text once it exists; fails if the process ended before writing it."""
+    deadline = time.monotonic() + deadline_seconds
+    while not marker.is_file():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{marker.name} never appeared"
+        time.sleep(0.05)
+    return marker.read_text()
 
 
 @pytest.fixture

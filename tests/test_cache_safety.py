@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, read_summary, write_idx
+from conftest import read_summary, start_paused, wait_for_marker, write_idx
 from kdrun.models import build_model
 from kdrun.training.teacher_cache import ModelCache
 
@@ -23,19 +21,24 @@ ARGUMENTS = ["teacher_epochs=3", "student_epochs=1", "teacher.hidden=[32]", "dat
 
 
 def test_two_concurrent_runs_train_the_teacher_once(tmp_path: Path):
-    env = {key: value for key, value in os.environ.items() if key not in ("HYDRA_FULL_ERROR", "KDRUN_USER_HYDRA_FULL_ERROR")}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    processes = [
-        subprocess.Popen([sys.executable, "-m", "kdrun", "train", *ARGUMENTS, f"hydra.run.dir={tmp_path / name}",
-                          f"cache_dir={tmp_path / 'cache'}"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-        for name in ("a", "b")
-    ]
-    outputs = [process.communicate(timeout=300) for process in processes]
-    assert [process.returncode for process in processes] == [0, 0], outputs
+    """Run a holds the teacher's cache lock, paused inside its teacher phase, while run b reaches that lock:
+    b must wait for a's entry and load it. The pause makes this order certain, not a matter of timing."""
+    def start(name: str, **pause) -> tuple[subprocess.Popen, Path]:
+        return start_paused("train", *ARGUMENTS, "trainer.checkpoint_seconds=0", f"hydra.run.dir={tmp_path / name}",
+                            f"cache_dir={tmp_path / 'cache'}", cwd=tmp_path, **pause)
+
+    first, first_markers = start("a", pause_after="teacher:1")
+    assert wait_for_marker(first, first_markers / "paused") == "teacher 1"  # a trains the teacher, holding its lock
+    (teacher_lock,) = (tmp_path / "cache" / "teachers").glob("mlp-*.lock")
+    second, second_markers = start("b", mark_locks=True)
+    wait_for_marker(second, second_markers / f"locking-{teacher_lock.name.removesuffix('.lock')}")  # b is at the lock
+    assert first.poll() is None  # a is still paused inside its teacher phase
+    (first_markers / "release").touch()
+    outputs = [process.communicate(timeout=300) for process in (first, second)]
+    assert [process.returncode for process in (first, second)] == [0, 0], outputs
     summaries = [read_summary(tmp_path / name) for name in ("a", "b")]
     assert all(summary["status"] == "completed" for summary in summaries)
-    assert sorted(summary["phases"]["teacher"]["source"] for summary in summaries) == ["cache", "trained"]
+    assert [summary["phases"]["teacher"]["source"] for summary in summaries] == ["trained", "cache"]
     for phase in ("teacher", "independent", "distilled"):
         assert summaries[0]["phases"][phase]["test_acc"] == summaries[1]["phases"][phase]["test_acc"]
     assert len(list((tmp_path / "cache" / "teachers").glob("mlp-*/meta.json"))) == 1

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load
 
 import kdrun.training.checkpoint as checkpoint_module
-from conftest import REPO, read_metrics, read_summary, run_kdrun
+from conftest import read_metrics, read_summary, run_kdrun, start_paused, wait_for_marker
 from kdrun.data import DATASETS, make_splits
 from kdrun.data.batches import InMemoryBatches
 from kdrun.methods import CrossEntropy
@@ -27,26 +24,21 @@ from kdrun.training.checkpoint import CheckpointStore
 from kdrun.training.loop import PhaseSettings, train_phase
 from kdrun.training.run_files import Observers
 
-# Small but not instant: epochs must last long enough for a signal to land inside a phase.
 ARGUMENTS = ["teacher_epochs=2", "student_epochs=5", "teacher.hidden=[32]", "dataset.max_train_samples=300",
              "trainer.progress=false", "trainer.checkpoint_seconds=0"]  # 0: a checkpoint after every epoch
 TIMING = ("seconds", "samples_per_s")  # the only fields allowed to differ between two runs
 
 
-def start(run_dir: Path, cache: Path, *extra: str) -> subprocess.Popen:
-    env = {key: value for key, value in os.environ.items() if key not in ("HYDRA_FULL_ERROR", "KDRUN_USER_HYDRA_FULL_ERROR")}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    command = [sys.executable, "-m", "kdrun", "train", *ARGUMENTS, f"hydra.run.dir='{run_dir}'", f"cache_dir={cache}", *extra]
-    return subprocess.Popen(command, cwd=run_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start(run_dir: Path, cache: Path, pause_after: str, *extra: str) -> tuple[subprocess.Popen, Path]:
+    """A run of ARGUMENTS that stops and waits after `pause_after` ("<phase>:<epoch>")."""
+    return start_paused("train", *ARGUMENTS, f"hydra.run.dir='{run_dir}'", f"cache_dir={cache}", *extra,
+                        cwd=run_dir.parent, pause_after=pause_after)
 
 
-def signal_when(process: subprocess.Popen, path: Path, signal_number: int) -> None:
-    """Send the signal as soon as `path` (a phase's first checkpoint) exists: the phase is then mid-way."""
-    deadline = time.monotonic() + 120
-    while not path.is_file():
-        assert process.poll() is None, process.communicate()[1]
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.01)
+def signal_at_pause(process: subprocess.Popen, markers: Path, signal_number: int, where: str) -> None:
+    """The run is waiting at its pause point: the signal lands exactly there, never after the phase."""
+    assert wait_for_marker(process, markers / "paused") == where
+    assert process.poll() is None  # still waiting: nothing after the pause point has run
     process.send_signal(signal_number)
     process.wait(timeout=120)
 
@@ -69,10 +61,11 @@ def reference(tmp_path_factory) -> Path:
 
 def test_kill_9_then_ctrl_c_then_resume_ends_bit_for_bit_like_an_uninterrupted_run(reference, tmp_path):
     run_dir, cache = tmp_path / "run_T=4,method=weighted", tmp_path / "cache"  # ',' and '=' as in default run dir names
-    first = start(run_dir, cache)
-    signal_when(first, run_dir / "checkpoints" / "independent.safetensors", signal.SIGKILL)
+    first, markers = start(run_dir, cache, "independent:1")
+    signal_at_pause(first, markers, signal.SIGKILL, "independent 1")
     assert first.returncode == -signal.SIGKILL and not (run_dir / "summary.json").exists()
-    assert not any(line["phase"] == "distilled" for line in read_metrics(run_dir))  # killed inside the independent phase
+    assert (run_dir / "checkpoints" / "independent.safetensors").is_file()
+    assert [(line["phase"], line["epoch"]) for line in read_metrics(run_dir)][-1] == ("independent", 1)  # mid-phase
 
     changed = run_kdrun("train", *ARGUMENTS, "T=8", f"hydra.run.dir='{run_dir}'", f"cache_dir={cache}", "resume=true",
                         cwd=tmp_path)
@@ -80,8 +73,8 @@ def test_kill_9_then_ctrl_c_then_resume_ends_bit_for_bit_like_an_uninterrupted_r
     assert "different config" in changed.stderr and "T=4.0, now 8.0" in changed.stderr
     assert (run_dir / "checkpoints" / "independent.safetensors").is_file()  # nothing of the killed run was lost
 
-    second = start(run_dir, cache, "resume=true")  # the same command again, with resume=true; then Ctrl-C
-    signal_when(second, run_dir / "checkpoints" / "distilled.safetensors", signal.SIGINT)
+    second, markers = start(run_dir, cache, "distilled:2", "resume=true")  # the same command, resumed; Ctrl-C
+    signal_at_pause(second, markers, signal.SIGINT, "distilled 2")
     stderr = second.stderr.read()
     assert second.returncode == 130 and "Traceback" not in stderr
     error_lines = [line for line in stderr.splitlines() if line.startswith("kdrun: error:")]
@@ -89,6 +82,7 @@ def test_kill_9_then_ctrl_c_then_resume_ends_bit_for_bit_like_an_uninterrupted_r
     summary = read_summary(run_dir)
     assert summary["status"] == "interrupted" and "distilled" not in summary["phases"]
     assert (run_dir / "checkpoints" / "distilled.safetensors").is_file()
+    assert [line["epoch"] for line in read_metrics(run_dir) if line["phase"] == "distilled"] == [1, 2]  # mid-phase
     # a kill between an epoch's metrics line and its checkpoint: that line must not appear twice
     done = sum(line["phase"] == "distilled" for line in read_metrics(run_dir))
     with open(run_dir / "metrics.jsonl", "a") as stream:
@@ -109,8 +103,9 @@ def test_kill_9_then_ctrl_c_then_resume_ends_bit_for_bit_like_an_uninterrupted_r
 def test_resume_with_the_default_checkpoint_interval(reference, tmp_path):
     """Short phases write only their final checkpoint: a kill loses the phase under way, which trains again."""
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
-    first = start(run_dir, cache, "trainer.checkpoint_seconds=30")
-    signal_when(first, run_dir / "checkpoints" / "teacher.safetensors", signal.SIGKILL)  # the teacher is done
+    first, markers = start(run_dir, cache, "teacher:2", "trainer.checkpoint_seconds=30")
+    signal_at_pause(first, markers, signal.SIGKILL, "teacher 2")  # the teacher's last epoch, its checkpoint written
+    assert not (run_dir / "checkpoints" / "independent.safetensors").exists()
     assert first.returncode == -signal.SIGKILL
     result = run_kdrun("resume", str(run_dir), cwd=tmp_path)
     assert result.returncode == 0, result.stderr

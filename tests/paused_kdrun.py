@@ -1,0 +1,87 @@
+"""`python -m kdrun ...` with test-only pause points, so that a test signals a run at a place it knows.
+
+A test that polls for a file and then sends a signal races the run: on a fast or idle machine a phase of a
+tiny run can end (and with it the run) before the signal lands. Here the run itself stops and waits at the
+named point, so the signal always lands there, however fast or slow the machine or the test process is.
+
+    python tests/paused_kdrun.py train ...     (same arguments as `python -m kdrun`)
+
+Environment (all optional; without them this is plain `python -m kdrun`):
+    KDRUN_TEST_MARKERS      a folder for the marker files below
+    KDRUN_TEST_PAUSE_AFTER  "<phase>:<epoch>": after that epoch's checkpoint step (the file is on disk when one
+                            was due), write MARKERS/paused (its text: "<phase> <epoch>") and wait until
+                            MARKERS/release exists; a signal that arrives meanwhile acts there.
+    KDRUN_TEST_MARK_LOCKS   "1": write MARKERS/locking-<entry> just before taking a model cache entry's lock.
+
+Nothing of this lives in kdrun itself: it patches kdrun from the outside, in the child process only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PAUSED, RELEASE = "paused", "release"
+
+
+def mark(name: str, text: str = "") -> None:
+    """Write a marker atomically (the test never reads half a file)."""
+    folder = Path(os.environ["KDRUN_TEST_MARKERS"])
+    temporary = folder / f".{name}.tmp"
+    temporary.write_text(text)
+    os.replace(temporary, folder / name)
+
+
+def wait_for_release() -> None:
+    release = Path(os.environ["KDRUN_TEST_MARKERS"]) / RELEASE
+    while not release.exists():
+        time.sleep(0.05)  # SIGINT raises KeyboardInterrupt here, inside the phase, as in a real Ctrl-C
+
+
+def install_pause(spec: str) -> None:
+    from kdrun.training import checkpoint
+
+    phase_name, epoch_text = spec.split(":")
+    original = checkpoint.PhaseCheckpoint.save
+
+    def save_then_pause(self, phase, progress, last_epoch):
+        original(self, phase, progress, last_epoch)
+        if phase == phase_name and progress.epoch == int(epoch_text):
+            mark(PAUSED, f"{phase} {progress.epoch}")
+            wait_for_release()
+
+    checkpoint.PhaseCheckpoint.save = save_then_pause
+
+
+def install_lock_markers() -> None:
+    from kdrun.training import teacher_cache
+
+    original = teacher_cache.ModelCache.locked
+
+    @contextlib.contextmanager
+    def marked(self, entry):
+        mark(f"locking-{entry.name}")
+        with original(self, entry):
+            yield
+
+    teacher_cache.ModelCache.locked = marked
+
+
+def main() -> None:
+    sys.path.insert(0, str(REPO))
+    if os.environ.get("KDRUN_TEST_PAUSE_AFTER"):
+        install_pause(os.environ["KDRUN_TEST_PAUSE_AFTER"])
+    if os.environ.get("KDRUN_TEST_MARK_LOCKS") == "1":
+        install_lock_markers()
+    from kdrun.cli import main as kdrun_main
+
+    sys.argv[0] = "kdrun"
+    kdrun_main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()
