@@ -21,11 +21,10 @@ from kdrun.data.batches import InMemoryBatches
 from kdrun.errors import ConfigError
 from kdrun.methods import CrossEntropy, FrozenTeacher
 from kdrun.models import build_model
-from kdrun.models.fast_dropout import FastDropout, use_fast_dropout
 from kdrun.training import loop
 from kdrun.training.loop import PhaseSettings, train_phase
 from kdrun.training.run_files import Observers
-from kdrun.training.speed import resolve_speed
+from kdrun.training.speed import FastDropout, resolve_speed, use_fast_dropout
 
 CPU = torch.device("cpu")
 
@@ -194,7 +193,7 @@ def test_the_test_split_is_evaluated_once_when_the_best_epoch_is_the_last(monkey
 
 MMAPPED_BLOCKS_FOR_A_16_MIB_MALLOC = """
 import ctypes, sys, torch
-from kdrun.training.device import reuse_freed_host_memory
+from kdrun.training.speed import reuse_freed_host_memory
 
 class MallInfo2(ctypes.Structure):  # glibc >= 2.33
     _fields_ = [(name, ctypes.c_size_t) for name in
