@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from conftest import REPO, TINY, read_summary, run_kdrun
+from conftest import REPO, TINY, kdrun_env, read_summary, run_kdrun
 from kdrun.bench.reference import loaders, train_reference
 from kdrun.data import DATASETS, make_splits
 from kdrun.data.batches import InMemoryBatches
@@ -270,3 +270,14 @@ def test_flush_denormal_setting_resolves_per_device():
     assert not resolve_speed("fp32", "auto", False, cuda, "auto", True).flush_denormal
     with pytest.raises(ConfigError, match="flush_denormal"):
         resolve_speed("fp32", "auto", False, cpu, "auto", "sometimes")
+
+
+def test_the_switch_bench_times_every_switch_both_ways(tmp_path):
+    """`kdrun bench --switches`: each switch's steps run on and off (a few steps here; the bench times 200)."""
+    code = ("from kdrun.bench import switches as s\n"
+            "s.TIMED_STEPS, s.BORDER_STEPS = 3, 1\n"
+            "s.WORKLOADS = {name: (model, lr, 2) for name, (model, lr, _) in s.WORKLOADS.items()}\n"
+            "print(sorted(s.WORKLOADS), [len(s.step_times(name, on)) for name in sorted(s.WORKLOADS) for on in (True, False)])\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=kdrun_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "['fast_dropout', 'fast_step', 'flush_denormal', 'host_memory'] [3, 3, 3, 3, 3, 3, 3, 3]"

@@ -34,7 +34,14 @@ def main(arguments: list[str]) -> None:
                         f"{DEFAULT_MNIST}, else {DEBIAN_FASHION}, else digits)")
     parser.add_argument("--epochs", type=int, default=1, help="epochs per phase (default 1)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="kdrun's precision on CPU (default fp32)")
+    parser.add_argument("--switches", action="store_true", help="instead: each CPU speed switch on vs off (kdrun/bench/switches.py)")
+    parser.add_argument("--repeats", type=int, default=3, help="--switches: processes per side (default 3)")
     options = parser.parse_args(arguments)
+    if options.switches:
+        from kdrun.bench import switches
+
+        switches.report(switches.measure_switches(options.repeats))
+        return
     if options.epochs < 1:
         raise ConfigError(f"--epochs {options.epochs} must be >= 1", "try --epochs 1")
     import torch
