@@ -281,3 +281,12 @@ def test_the_switch_bench_times_every_switch_both_ways(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=kdrun_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['fast_dropout', 'fast_step', 'flush_denormal', 'host_memory'] [3, 3, 3, 3, 3, 3, 3, 3]"
+
+
+def test_the_switch_bench_report_reads_its_measurements(capsys):
+    from kdrun.bench import switches
+
+    one = {"cpu_ms": 1.0, "wall_ms": 2.0, "faults": 3}
+    switches.report({name: {"on": [one], "off": [{**one, "cpu_ms": 1.5}]} for name in switches.WORKLOADS})
+    out = capsys.readouterr().out
+    assert "1.50x" in out and "3 / 3" in out and "fast_step" in out
