@@ -276,11 +276,12 @@ def test_the_switch_bench_times_every_switch_both_ways(tmp_path):
     """`kdrun bench --switches`: each switch's steps run on and off (a few steps here; the bench times 200)."""
     code = ("from kdrun.bench import switches as s\n"
             "s.TIMED_STEPS, s.BORDER_STEPS = 3, 1\n"
-            "s.WORKLOADS = {name: (model, lr, 2) for name, (model, lr, _) in s.WORKLOADS.items()}\n"
+            "s.WORKLOADS = {name: (model, lr, 2, bf16) for name, (model, lr, _, bf16) in s.WORKLOADS.items()}\n"
             "print(sorted(s.WORKLOADS), [len(s.step_times(name, on)) for name in sorted(s.WORKLOADS) for on in (True, False)])\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=kdrun_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "['fast_dropout', 'fast_step', 'flush_denormal', 'host_memory'] [3, 3, 3, 3, 3, 3, 3, 3]"
+    assert result.stdout.strip() == ("['fast_dropout', 'fast_step', 'flush_denormal', 'host_memory', 'host_memory_bf16'] "
+                                     "[3, 3, 3, 3, 3, 3, 3, 3, 3, 3]")
 
 
 def test_the_switch_bench_report_reads_its_measurements(capsys):

@@ -23,12 +23,13 @@ import time
 import torch
 from torch import nn
 
-# switch -> (model, Adam learning rate, steps before timing): where that switch shows
+# switch -> (model, Adam learning rate, steps before timing, bf16 autocast): where that switch shows
 WORKLOADS = {
-    "fast_step": ("student", 1e-4, 20),      # FastStep's direct fused kernel call vs optimizer.step()
-    "fast_dropout": ("teacher", 1e-4, 20),   # FastDropout masks vs nn.Dropout's bernoulli_
-    "host_memory": ("teacher", 1e-4, 20),    # glibc keeps freed gradient blocks (mallopt) vs its defaults
-    "flush_denormal": ("teacher", 1e-3, 950),  # subnormal floats as zero vs IEEE subnormals (moments of unused pixels)
+    "fast_step": ("student", 1e-4, 20, False),       # FastStep's direct fused kernel call vs optimizer.step()
+    "fast_dropout": ("teacher", 1e-4, 20, False),    # FastDropout masks vs nn.Dropout's bernoulli_
+    "host_memory": ("teacher", 1e-4, 20, False),     # glibc keeps freed blocks (mallopt) vs its defaults, float32
+    "host_memory_bf16": ("teacher", 1e-4, 20, True),  # the same with trainer.precision=bf16: autocast's weight copies
+    "flush_denormal": ("teacher", 1e-3, 950, False),  # subnormal floats as zero vs IEEE subnormals (moments of unused pixels)
 }
 TIMED_STEPS = 200
 BORDER_STEPS = 200  # flush_denormal: steps whose images fill the border
@@ -53,8 +54,8 @@ def step_times(switch: str, on: bool) -> list[tuple[float, float, int]]:
     from kdrun.models import build_model
     from kdrun.training.speed import FastStep, adam, flush_subnormals, reuse_freed_host_memory, use_fast_dropout
 
-    kind, lr, warm_steps = WORKLOADS[switch]
-    if switch != "host_memory" or on:
+    kind, lr, warm_steps, bf16 = WORKLOADS[switch]
+    if not switch.startswith("host_memory") or on:
         reuse_freed_host_memory()  # every CPU run does this first; only host_memory measures without it
     if switch != "flush_denormal" or on:
         flush_subnormals()
@@ -72,7 +73,8 @@ def step_times(switch: str, on: bool) -> list[tuple[float, float, int]]:
     for step in range(warm_steps + TIMED_STEPS):
         started, cpu_started, faults = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         batch = (early if step < BORDER_STEPS else inputs)[step % 64]
-        loss = nn.functional.cross_entropy(model(batch), targets[step % 64])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = nn.functional.cross_entropy(model(batch), targets[step % 64])
         stepper.clear_gradients()
         loss.backward()
         stepper.step()

@@ -76,6 +76,10 @@ class DistributedObjective(Objective):
     def temperature(self) -> float | None:  # type: ignore[override]
         return self.inner.temperature
 
+    @property
+    def teacher(self) -> Any:  # type: ignore[override]
+        return self.inner.teacher
+
     def forward(self, model: nn.Module, batch: Batch) -> StepOutput:
         if model is not self.__dict__["model"]:
             raise ValueError("DistributedObjective was built for another model")  # a programming error, not user input
