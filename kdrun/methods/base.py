@@ -42,6 +42,12 @@ class Objective(nn.Module):
         Schedules (e.g. a decaying temperature) update themselves here; the default does nothing.
         """
 
+    def begin_epoch(self, epoch: int, epochs: int) -> None:
+        """Called by the loop before every epoch (1-based, of `epochs` in the phase; also on resume).
+
+        Epoch-wise warm-ups (DKD's, as in mdistiller) set themselves here; the default does nothing.
+        """
+
     def prepare(self, student: nn.Module, sample_inputs: torch.Tensor) -> None:
         """Called once before training with a student of the right architecture and a sample batch.
 

@@ -123,6 +123,7 @@ def train_phase(
                 resumed.epoch + 1, resumed.best_state, resumed.best_epoch, resumed.best_val_acc, resumed.history)
     for epoch in range(first_epoch, settings.epochs + 1):
         first_step = (epoch - 1) * len(train_batches)
+        objective.begin_epoch(epoch, settings.epochs)
         record = _train_one_epoch(
             phase, epoch, model, objective, optimizer, train_batches, observer, first_step,
             settings.epochs * len(train_batches), settings.speed, scaler,
