@@ -10,10 +10,11 @@ Classical KD decomposes per sample as KL(p_t || p_s) = TCKD + (1 - p_t,target) *
 paper); DKD removes the (1 - p_t,target) factor that suppresses NCKD for confident teachers.
 Paper defaults: dkd_alpha=1, beta=8, T=4. kdrun's `alpha` weighs the whole distillation part.
 
-Everything is computed in log space: log b = [log p_y, logsumexp_{i != y} log p_i] and log p^ =
-log_softmax over the non-target logits alone. Taking log(1e-12-clamped probabilities) instead (as
-the authors' code does, without the clamp) loses both value and gradient once the student's target
-probability underflows: a confidently wrong student, the case distillation should correct most.
+The student's side is computed in log space: log b = [s_y - logsumexp(s), logsumexp_{i != y} s_i -
+logsumexp(s)] (at T) and log p^ = log_softmax over the non-target logits alone (the target excluded
+exactly, not masked with -1000). Taking the log of (1e-12-clamped) probabilities instead, as kdrun
+did (the authors' code takes the log unclamped), loses both value and gradient once the student's
+target probability underflows: a confidently wrong student, the case distillation should correct most.
 
 w(epoch) is mdistiller's linear warm-up, min(epoch / warmup_epochs, 1) for the 1-based epoch of the
 phase; `warmup_epochs: auto` takes mdistiller's share of the training (20 of 240 epochs, 1/12), so a
@@ -39,7 +40,7 @@ WARMUP_SHARE = 20 / 240  # mdistiller: DKD's terms reach full weight after 20 of
 
 
 def binary_log_probs(logits: torch.Tensor, target_mask: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(B, 2): log p(target) and log p(any other class) at `temperature`, both exact in log space."""
+    """(B, 2): log p(target) and log p(any other class) at `temperature`, both in log space (logsumexp)."""
     scaled = logits / temperature
     total = torch.logsumexp(scaled, dim=1)
     target = (scaled * target_mask).sum(dim=1)  # the target's logit
@@ -47,29 +48,32 @@ def binary_log_probs(logits: torch.Tensor, target_mask: torch.Tensor, temperatur
     return torch.stack([target - total, rest - total], dim=1)
 
 
-def non_target_log_probs(logits: torch.Tensor, target_mask: torch.Tensor, temperature: float) -> torch.Tensor:
-    """(B, C): log_softmax over the non-target classes only; 0 at the target (its terms are dropped)."""
-    rest = functional.log_softmax((logits / temperature).masked_fill(target_mask, float("-inf")), dim=1)
-    return rest.masked_fill(target_mask, 0.0)
+def binary_probs(logits: torch.Tensor, target_mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(B, 2): p(target) and p(any other class); the teacher's side (no gradient, a 0 is fine for kl_div)."""
+    probs = functional.softmax(logits / temperature, dim=1)
+    return torch.stack([(probs * target_mask).sum(dim=1), (probs * ~target_mask).sum(dim=1)], dim=1)
+
+
+def non_target_logits(logits: torch.Tensor, target_mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """logits / T with the target class removed (-inf), so a softmax runs over the other classes only."""
+    return (logits / temperature).masked_fill(target_mask, float("-inf"))
 
 
 def decoupled_kl(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, temperature: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sample (TCKD, NCKD), each of shape (B,), at `temperature`, without the T^2 factor."""
+    """Per-sample (TCKD, NCKD), each of shape (B,), at `temperature`, without the T^2 factor.
+
+    The student's side is in log space (its gradient must survive); the teacher's enters as
+    probabilities, as `kl_div` expects (an underflowed teacher probability contributes 0 log 0 = 0).
+    """
     target_mask = functional.one_hot(targets, student_logits.shape[1]).bool()  # (B, C)
-    tckd = _kl_rows(binary_log_probs(student_logits, target_mask, temperature),
-                    binary_log_probs(teacher_logits, target_mask, temperature))
-    teacher_rest = non_target_log_probs(teacher_logits, target_mask, temperature)
-    nckd = _kl_rows(non_target_log_probs(student_logits, target_mask, temperature),
-                    teacher_rest, weights=teacher_rest.exp().masked_fill(target_mask, 0.0))
+    tckd = functional.kl_div(binary_log_probs(student_logits, target_mask, temperature),
+                             binary_probs(teacher_logits, target_mask, temperature), reduction="none").sum(1)
+    student_rest = functional.log_softmax(non_target_logits(student_logits, target_mask, temperature), dim=1)
+    teacher_rest = functional.softmax(non_target_logits(teacher_logits, target_mask, temperature), dim=1)  # 0 at the target
+    nckd = functional.kl_div(student_rest.masked_fill(target_mask, 0.0), teacher_rest, reduction="none").sum(1)
     return tckd, nckd
-
-
-def _kl_rows(student_log: torch.Tensor, teacher_log: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
-    """sum_i q_i (log q_i - log p_i) per row, q = exp(teacher_log) unless `weights` gives it."""
-    q = teacher_log.exp() if weights is None else weights
-    return (q * (teacher_log - student_log)).sum(dim=1)
 
 
 @METHODS.register("dkd")
