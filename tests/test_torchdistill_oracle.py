@@ -103,36 +103,35 @@ def feature_method(name: str, dtype: torch.dtype, student_channels: int, **optio
     return method.to(dtype)
 
 
+def assert_same_loss_and_gradient(ours: torch.Tensor, our_leaf: torch.Tensor, theirs: torch.Tensor, their_leaf: torch.Tensor) -> None:
+    ours.backward()
+    theirs.backward()
+    tolerance = 1e-5 if ours.dtype == torch.float32 else 1e-12
+    assert ours.item() == pytest.approx(theirs.item(), rel=tolerance)
+    assert torch.allclose(our_leaf.grad, their_leaf.grad, rtol=tolerance * 10, atol=tolerance * their_leaf.grad.abs().max().item())
+
+
+def feature_losses(name: str, dtype: torch.dtype, theirs, **options) -> None:
+    """kdrun's feature loss and `theirs(method, student leaf, teacher feature)` on the same features."""
+    method = feature_method(name, dtype, 3, **options)
+    student, teacher = feature_pair(dtype)
+    our_leaf, their_leaf = student.clone().requires_grad_(True), student.clone().requires_grad_(True)
+    assert_same_loss_and_gradient(method.feature_loss(our_leaf, teacher), our_leaf, theirs(method, their_leaf, teacher), their_leaf)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_attention_agrees_with_torchdistill_atloss_code_mode(dtype):
     """torchdistill's ATLoss(mode='code') is the AT authors' at_loss; kdrun's attention term is beta times it."""
-    method = feature_method("attention", dtype, 3, beta=1000.0)
-    student, teacher = feature_pair(dtype)
-    ours_input = student.clone().requires_grad_(True)
-    ours = method.feature_loss(ours_input, teacher)
-    ours.backward()
-    theirs_input = student.clone().requires_grad_(True)
     pairs = {"pair": {"student": {"io": "output", "path": "s"}, "teacher": {"io": "output", "path": "t"}, "weight": 1000.0}}
-    theirs = ATLoss(pairs, mode="code")({"s": {"output": theirs_input}}, {"t": {"output": teacher}})
-    theirs.backward()
-    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
-    assert ours.item() == pytest.approx(theirs.item(), rel=tolerance)
-    assert torch.allclose(ours_input.grad, theirs_input.grad, rtol=tolerance * 10, atol=tolerance * theirs_input.grad.abs().max().item())
+    criterion = ATLoss(pairs, mode="code")
+    feature_losses("attention", dtype, lambda method, student, teacher: criterion({"s": {"output": student}}, {"t": {"output": teacher}}),
+                   beta=1000.0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fitnets_agrees_with_torchdistill_mse_hint_on_the_regressor_output(dtype):
     """torchdistill's FitNets: SimpleLossWrapper(MSELoss) from the student's regressor output to the teacher's hint layer."""
-    method = feature_method("fitnets", dtype, 3)
-    student, teacher = feature_pair(dtype)
-    ours_input = student.clone().requires_grad_(True)
-    ours = method.feature_loss(ours_input, teacher)
-    ours.backward()
-    theirs_input = student.clone().requires_grad_(True)
     wrapper = SimpleLossWrapper(nn.MSELoss(), input={"is_from_teacher": False, "module_path": "regressor", "io": "output"},
                                 target={"is_from_teacher": True, "module_path": "hint", "io": "output"})
-    theirs = wrapper({"regressor": {"output": method.adapter(theirs_input)}}, {"hint": {"output": teacher}}, None)
-    theirs.backward()
-    tolerance = 1e-5 if dtype == torch.float32 else 1e-12
-    assert ours.item() == pytest.approx(theirs.item(), rel=tolerance)
-    assert torch.allclose(ours_input.grad, theirs_input.grad, rtol=tolerance * 10, atol=tolerance * theirs_input.grad.abs().max().item())
+    feature_losses("fitnets", dtype, lambda method, student, teacher: wrapper(
+        {"regressor": {"output": method.adapter(student)}}, {"hint": {"output": teacher}}, None))
