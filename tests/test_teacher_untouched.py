@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import read_summary
+from conftest import read_summary, run_kdrun
 from kdrun.data import DATASETS, make_splits
 from kdrun.data.batches import InMemoryBatches
 from kdrun.methods import METHODS, CrossEntropy, FrozenTeacher
@@ -136,13 +136,15 @@ def test_the_loop_refuses_teacher_tensors_among_the_trainable_ones():
         run_phase(teacher, METHODS.build("weighted", FrozenTeacher(teacher), 4.0, 0.5))  # the student IS the teacher
 
 
-def test_cli_extra_params_count_adapters_only_on_a_batchnorm_teacher(kdrun_in):
+def test_cli_extra_params_count_adapters_only_on_a_batchnorm_teacher(tmp_path):
     """Through the CLI: resnet20 teacher tapped at a residual block (BatchNorm inside, 4,672 parameters)."""
-    common = ["teacher=resnet20", "student=tiny_cnn", "teacher_epochs=1", "student_epochs=1", "independent=false",
-              "trainer.progress=false", "dataset.max_train_samples=160", "method.teacher_layer=features.0",
-              "method.student_layer=features.4"]
-    expected = {"attention": 0, "fitnets": 8 * 16 + 16}  # fitnets: a 1x1 conv from 8 (tiny_cnn width 4) to 16 channels
-    for name, extra in expected.items():
-        result, run_dir = kdrun_in(f"method={name}", *common, run_name=name)
-        assert result.returncode == 0, result.stderr[-2000:]
-        assert read_summary(run_dir)["phases"]["distilled"]["extra_params"] == extra
+    result = run_kdrun(
+        "train", "-m", "method=attention,fitnets", "teacher=resnet20", "student=tiny_cnn", "teacher_epochs=1",
+        "student_epochs=1", "independent=false", "trainer.progress=false", "dataset.max_train_samples=160",
+        "++method.teacher_layer=features.0", "++method.student_layer=features.4",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}", f"cache_dir={tmp_path / 'cache'}", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    extra = {summary["phases"]["distilled"]["method"]: summary["phases"]["distilled"]["extra_params"]
+             for summary in map(read_summary, (path.parent for path in (tmp_path / "sweep").glob("*/summary.json")))}
+    assert extra == {"attention": 0, "fitnets": 8 * 16 + 16}  # fitnets: a 1x1 conv from 8 (tiny_cnn width 4) to 16 channels
