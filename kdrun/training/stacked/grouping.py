@@ -19,8 +19,7 @@ from typing import Optional, Sequence
 from kdrun.training.settings import RunSettings
 
 STACKED_METHODS = ("weighted", "basic", "hard")  # logit methods: per member only T and the term weights differ
-STUDENT_KEYS = ("alpha", "T")
-STUDENT_KEY_PREFIXES = ("method.weights.", "method.schedule")  # a member's term weights and T schedule
+STUDENT_KEYS = ("alpha", "T", "method.weights", "method.schedule")  # the latter two: a member's term weights and T schedule
 
 
 @dataclass
@@ -32,7 +31,8 @@ class Group:
 
 
 def stackable_key(key: str) -> bool:
-    return key in STUDENT_KEYS or key.startswith(STUDENT_KEY_PREFIXES)
+    """A flat config key (`method.weights.kd`) that stacked members may differ in."""
+    return key in STUDENT_KEYS or key.startswith(tuple(f"{name}." for name in STUDENT_KEYS))
 
 
 def why_alone(settings: RunSettings) -> Optional[str]:
@@ -75,7 +75,7 @@ def plan_groups(jobs: Sequence[Optional[RunSettings]], max_stack: int, first: in
             planned.append(Group(group.jobs[start : start + max_stack]))
     for group in planned:
         if len(group.jobs) == 1 and group.reason is None:
-            group.reason = "no other job differs from it only in " + ", ".join((*STUDENT_KEYS, *STUDENT_KEY_PREFIXES))
+            group.reason = "no other job differs from it only in " + ", ".join(STUDENT_KEYS)
             group.reason += differing_keys(jobs, group.jobs[0], first)
     return sorted(planned, key=lambda group: group.jobs[0])
 
