@@ -15,6 +15,7 @@ import functools
 import pytest
 import torch
 
+from conftest import read_metrics, read_summary
 from kdrun.data import DATASETS, make_splits
 from kdrun.data.batches import InMemoryBatches
 from kdrun.methods import METHODS, CrossEntropy, FrozenTeacher
@@ -183,3 +184,43 @@ def test_only_jobs_that_differ_in_the_distilled_loss_stack():
     assert "in lr, optimizer.lr" in groups[(5,)]  # lr is the teacher's learning rate too: another teacher
     split = plan_groups(jobs[:4], max_stack=3)
     assert [group.jobs for group in split] == [[0, 1, 2], [3]]
+
+
+def test_a_stacked_sweep_writes_what_a_sequential_sweep_writes(tmp_path):
+    """kdrun train -m with kdrun_stacked vs the basic launcher: same run dirs, same results to tolerance, a NaN job fails alone."""
+    from conftest import run_kdrun
+
+    sweep = ["alpha=0.2,0.8", "T=2,1e-45", "teacher_epochs=2", "student_epochs=2", "trainer.progress=false",
+             "trainer.threads=1", "teacher.hidden=[64]", "dataset.max_train_samples=300"]
+    dirs = {}
+    for launcher in ("basic", "kdrun_stacked"):
+        dirs[launcher] = tmp_path / launcher
+        result = run_kdrun("train", "-m", *sweep, f"hydra/launcher={launcher}", f"hydra.sweep.dir={dirs[launcher]}",
+                           f"cache_dir={tmp_path / launcher / 'cache'}", cwd=tmp_path)  # each trains its teacher
+        assert result.returncode == 1 and "2 job(s) of the sweep failed" in result.stderr, result.stderr[-2000:]
+    assert "#0 #1 #2 #3 together (4 students)" in result.stdout + result.stderr
+    runs = {launcher: sorted(path for path in folder.iterdir() if path.is_dir() and path.name != "cache") for launcher, folder in dirs.items()}
+    assert [run.name for run in runs["basic"]] == [run.name for run in runs["kdrun_stacked"]] and len(runs["basic"]) == 4
+    for alone, stacked in zip(runs["basic"], runs["kdrun_stacked"]):
+        assert layout(alone) == layout(stacked)
+        mine, theirs = read_summary(stacked), read_summary(alone)
+        assert mine["status"] == theirs["status"] and mine.get("error") == theirs.get("error")
+        if theirs["status"] == "failed":
+            assert "loss became" in mine["error"] and "distilled" not in mine["phases"]
+            continue
+        distilled = mine["phases"]["distilled"]
+        assert distilled["stacked"] == 4 and "stacked" not in theirs["phases"]["distilled"]  # a stack of 4 (2 failed in it)
+        assert distilled["best_epoch"] == theirs["phases"]["distilled"]["best_epoch"]
+        assert abs(distilled["test_acc"] - theirs["phases"]["distilled"]["test_acc"]) <= 2 / mine["dataset"]["test"] + 1e-9
+        lines, solo_lines = read_metrics(stacked), read_metrics(alone)
+        assert [(line["phase"], line["epoch"]) for line in lines] == [(line["phase"], line["epoch"]) for line in solo_lines]
+        for line, solo_line in zip(lines, solo_lines):
+            assert line["loss"] == pytest.approx(solo_line["loss"], rel=1e-4)
+    report = run_kdrun("report", str(dirs["kdrun_stacked"]), cwd=tmp_path)
+    assert report.returncode == 0 and "2 failed" in (dirs["kdrun_stacked"] / "report.md").read_text(), report.stderr
+
+
+def layout(run_dir):
+    """The files of a run dir (event file names carry host and time, so only their folders count)."""
+    return sorted(str(path.relative_to(run_dir).parent if "tfevents" in path.name else path.relative_to(run_dir))
+                  for path in run_dir.rglob("*") if path.is_file())

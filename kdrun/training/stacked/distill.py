@@ -79,11 +79,12 @@ def train_pending(context: RunContext, stack: Stack, method: Objective) -> None:
 
 def replay(context: RunContext, outcome: MemberOutcome, student: nn.Module) -> PhaseResult:
     """This run's part of the stacked training, as THE loop would have reported it."""
+    context.checkpoints.note_config()  # as THE loop's checkpoint does: a failed run can be resumed (alone)
+    observer = context.observer
+    observer.phase_started(PHASE, context.settings.student_epochs, outcome.steps_per_epoch)
     if outcome.error is not None:
         raise RunError(outcome.error.message, outcome.error.hint)
     result = outcome.result
-    observer = context.observer
-    observer.phase_started(PHASE, context.settings.student_epochs, outcome.steps_per_epoch)
     for record in result.history:
         observer.epoch_done(record)
     observer.phase_done(PHASE)

@@ -156,7 +156,7 @@ def _tested(stack: StackedStudents, members: list[_Member], test_batches: InMemo
     outcomes = []
     for index, member in enumerate(members):
         if member.error is not None:
-            outcomes.append(MemberOutcome(error=member.error, members=stack.size))
+            outcomes.append(MemberOutcome(error=member.error, steps_per_epoch=steps_per_epoch, members=stack.size))
             continue
         test_acc = best[index] if member.best_epoch != epochs else last[index]
         result = PhaseResult(member.best_epoch, member.best_val_acc, test_acc, last[index], seconds, member.history)
