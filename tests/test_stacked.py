@@ -184,6 +184,8 @@ def test_only_jobs_that_differ_in_the_distilled_loss_stack():
     assert "in lr, optimizer.lr" in groups[(5,)]  # lr is the teacher's learning rate too: another teacher
     split = plan_groups(jobs[:4], max_stack=3)
     assert [group.jobs for group in split] == [[0, 1, 2], [3]]
+    small = plan_groups(jobs[:4], max_stack=64, min_stack=5)
+    assert [group.jobs for group in small] == [[0], [1], [2], [3]] and "min_stack=5" in small[0].reason
 
 
 def test_a_stacked_sweep_writes_what_a_sequential_sweep_writes(tmp_path):

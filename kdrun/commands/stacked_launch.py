@@ -41,7 +41,7 @@ def launch_stacked(launcher: Any, job_overrides: Sequence[Sequence[str]], initia
             sweep_config.hydra.job.num = number
         configs.append((number, overrides, sweep_config))
     jobs = [job_settings(sweep_config) for _, _, sweep_config in configs]
-    groups = plan_groups(jobs, launcher.max_stack, first=initial_job_idx)
+    groups = plan_groups(jobs, launcher.max_stack, first=initial_job_idx, min_stack=launcher.min_stack)
     log.info("Launching %d jobs locally, stacked: %s", len(configs), describe(groups, initial_job_idx))
     runs = []
     with planned([[jobs[index] for index in group.jobs] for group in groups]):

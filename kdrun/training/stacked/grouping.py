@@ -56,10 +56,12 @@ def shared_part(settings: RunSettings) -> str:
     return json.dumps(shared, sort_keys=True, default=str)
 
 
-def plan_groups(jobs: Sequence[Optional[RunSettings]], max_stack: int, first: int = 0) -> list[Group]:
+def plan_groups(jobs: Sequence[Optional[RunSettings]], max_stack: int, first: int = 0, min_stack: int = 2) -> list[Group]:
     """Groups of jobs (positions in `jobs`) in sweep order; None (a config that fails its checks) trains alone and fails there.
 
-    `first` is the first job's number in the sweep, for the reasons' wording.
+    `first` is the first job's number in the sweep, for the reasons' wording. Groups smaller than
+    `min_stack` train alone: a stack has a fixed cost per step (vmap, functional_call), so on a CPU a
+    stack of 2 or 3 tiny students is no faster than training them one by one (docs/stacked.md).
     """
     groups: dict[str, Group] = {}
     alone: list[Group] = []
@@ -72,7 +74,12 @@ def plan_groups(jobs: Sequence[Optional[RunSettings]], max_stack: int, first: in
     planned = list(alone)
     for group in groups.values():
         for start in range(0, len(group.jobs), max_stack):
-            planned.append(Group(group.jobs[start : start + max_stack]))
+            jobs_of_stack = group.jobs[start : start + max_stack]
+            if 1 < len(jobs_of_stack) < min_stack:
+                reason = f"a stack of {len(jobs_of_stack)} is below hydra.launcher.min_stack={min_stack}"
+                planned.extend(Group([index], reason) for index in jobs_of_stack)
+            else:
+                planned.append(Group(jobs_of_stack))
     for group in planned:
         if len(group.jobs) == 1 and group.reason is None:
             group.reason = "no other job differs from it only in " + ", ".join(STUDENT_KEYS)
