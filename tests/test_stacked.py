@@ -265,3 +265,14 @@ def test_a_batchnorm_student_takes_the_solo_step(setup):
 def student_of(data, architecture):
     torch.manual_seed(0)
     return build_model(architecture, data.input_shape, data.num_classes)
+
+
+def test_a_bad_stack_size_is_one_line_and_leaves_no_sweep_dir(tmp_path):
+    from conftest import run_kdrun
+
+    sweep_dir = tmp_path / "sweep"
+    result = run_kdrun("train", "-m", "T=1,2", "hydra/launcher=kdrun_stacked", "hydra.launcher.max_stack=0",
+                       f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "kdrun: error: hydra.launcher.max_stack=0 and min_stack=4 must be >= 1 (e.g. hydra.launcher.max_stack=64 hydra.launcher.min_stack=4)"]
+    assert not sweep_dir.exists()

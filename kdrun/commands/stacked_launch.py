@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from kdrun.errors import KdrunError
+from kdrun.errors import ConfigError, KdrunError
 
 log = logging.getLogger("kdrun.stacked")
 
@@ -29,6 +30,12 @@ def launch_stacked(launcher: Any, job_overrides: Sequence[Sequence[str]], initia
     from kdrun.training.stacked.grouping import plan_groups
     from kdrun.training.stacked.plan import planned
 
+    if launcher.max_stack < 1 or launcher.min_stack < 1:
+        sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+        if sweep_dir.is_dir() and {path.name for path in sweep_dir.iterdir()} <= {"multirun.yaml"}:
+            shutil.rmtree(sweep_dir)  # bad input: leave nothing behind (Hydra's sweeper wrote multirun.yaml)
+        raise ConfigError(f"hydra.launcher.max_stack={launcher.max_stack} and min_stack={launcher.min_stack} must be >= 1",
+                          "e.g. hydra.launcher.max_stack=64 hydra.launcher.min_stack=4")
     setup_globals()
     config, context = launcher.config, launcher.hydra_context
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)
