@@ -16,6 +16,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from kdrun import parallel
 from kdrun.training.settings import RunSettings
 
 STACKED_METHODS = ("weighted", "basic", "hard")  # logit methods: per member only T and the term weights differ
@@ -45,6 +46,8 @@ def why_alone(settings: RunSettings) -> Optional[str]:
         return "trainer.compile=true"
     if settings.resume:
         return "resume=true"
+    if parallel.is_active():
+        return "under torchrun every job is trained by all ranks (DDP), which the stack does not do"
     if settings.student_epochs < 1:
         return "student_epochs=0"
     return None
