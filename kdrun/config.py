@@ -160,3 +160,32 @@ def _reject_unknown_root_keys(cfg: DictConfig) -> None:
 def optional_path(value: Optional[str]) -> Optional[Path]:
     """A config path value as an absolute Path, or None when unset."""
     return None if value in (None, "") else Path(str(value)).expanduser().resolve()
+
+
+# Model options whose builder passes every other key to the model (kdrun/models/custom.py, timm_models.py).
+OPEN_MODEL_OPTIONS = {"custom", "timm"}
+
+
+def open_group_overrides(overrides: list[str]) -> list[str]:
+    """`teacher.depth=3` with `teacher=custom` (or timm) becomes `++teacher.depth=3`.
+
+    Hydra closes every config node after composition, so a key that the option's YAML lacks needs `+`;
+    for a custom model the keys ARE its constructor's arguments, unknown to kdrun, so they may be typed
+    plainly. Keys the YAML defines (`_target_`, `weights`) and prefixed overrides stay as typed.
+    """
+    chosen = {group: value for group, _, value in (item.partition("=") for item in overrides)
+              if group in ("teacher", "student") and value in OPEN_MODEL_OPTIONS}
+    rewritten = []
+    for item in overrides:
+        key = item.partition("=")[0]
+        group, _, name = key.partition(".")
+        if group in chosen and name and item[:1] not in "+~" and name.split(".")[0] not in _option_keys(group, chosen[group]):
+            item = "++" + item
+        rewritten.append(item)
+    return rewritten
+
+
+def _option_keys(group: str, option: str) -> set[str]:
+    import yaml
+
+    return set(yaml.safe_load((config_dir() / group / f"{option}.yaml").read_text()) or {})

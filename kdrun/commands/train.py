@@ -15,7 +15,7 @@ from typing import Any
 
 from kdrun import __version__
 from kdrun.cli import describe_config_error, fail, flags_first, full_errors_requested
-from kdrun.config import config_dir, register_schema
+from kdrun.config import config_dir, open_group_overrides, register_schema
 from kdrun.errors import ConfigError, KdrunError
 
 RUN_RESULT_FILES = ("summary.json", "metrics.jsonl")
@@ -39,7 +39,7 @@ def main(arguments: list[str]) -> None:
     app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(task)
     from kdrun.commands.distributed_run import hydra_overrides, session
 
-    sys.argv = ["kdrun train", *flags_first(arguments), *hydra_overrides()]
+    sys.argv = ["kdrun train", *flags_first(open_group_overrides(arguments)), *hydra_overrides()]
     with failures_file() as failures, session():  # torchrun: the process group (docs/distributed.md)
         try:
             app()

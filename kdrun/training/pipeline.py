@@ -21,6 +21,7 @@ from kdrun.data.streaming import batches_for_this_rank, in_order_batches
 from kdrun.files import load_tensor, load_weights, save_tensor, save_weights
 from kdrun.methods import METHODS, CrossEntropy, FrozenTeacher, Objective
 from kdrun.models import check_output, count_parameters
+from kdrun.models.identity import model_identity
 from kdrun.training.device import resolve_device, reuse_freed_host_memory
 from kdrun.training.evaluation_batch import evaluation_batch_size
 from kdrun.training.from_config import load_data, make_factory, model_from_group, plain
@@ -185,7 +186,7 @@ class Run:
         cfg = self.cfg
         return {
             "data": {"name": self.data.name, "fingerprint": self.data.fingerprint(), "classes": self.data.class_names},
-            "model": {"name": name, **options},
+            "model": model_identity(name, options),  # with the hashes of a weights file / custom code
             "training": {
                 "epochs": cfg.teacher_epochs,
                 "batch_size": cfg.batch_size,
