@@ -64,6 +64,15 @@ class CompressionSchema:
 
 
 @dataclass
+class ExportCheckSchema:
+    """How an exported file is checked against PyTorch (kdrun/export/)."""
+
+    samples: int = MISSING
+    latency_batch_size: int = MISSING
+    latency_repeats: int = MISSING
+
+
+@dataclass
 class RootSchema:
     dataset: Any = MISSING
     teacher: Any = MISSING
@@ -85,6 +94,8 @@ class RootSchema:
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
     compress: List[str] = field(default_factory=list)
     compression: CompressionSchema = field(default_factory=CompressionSchema)
+    export: List[str] = field(default_factory=list)
+    export_check: ExportCheckSchema = field(default_factory=ExportCheckSchema)
 
 
 def register_schema() -> None:

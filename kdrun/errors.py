@@ -6,6 +6,8 @@ catches them, prints `kdrun: error: <message> (<hint>)` and exits with `exit_cod
 
 from __future__ import annotations
 
+import re
+
 
 class KdrunError(Exception):
     """A failure we can explain in one line, with what to do about it."""
@@ -33,3 +35,9 @@ class RunError(KdrunError):
     """The run started but could not complete (e.g. loss became NaN). Exit code 1."""
 
     exit_code = 1
+
+
+def exception_line(error: BaseException, limit: int = 200) -> str:
+    """`TypeError: message` of a foreign exception (user code, an exporter), folded to one line and cut."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # terminal colour codes (torch.onnx's messages carry them)
+    return f"{type(error).__name__}: {' '.join(text.split())}"[:limit]

@@ -225,6 +225,7 @@ def write_summary(run: Any, overrides: list[str], started: Any, status: str, err
         },
         "phases": run.phases,
         "gap_recovered": gap_recovered(run.phases),
+        **({"export": run.exports} if run.exports else {}),
         "started": started.isoformat(timespec="seconds"),
         "finished": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "versions": {"kdrun": __version__, "torch": torch.__version__},

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
-from kdrun.errors import ConfigError
+from kdrun.errors import ConfigError, exception_line
 from kdrun.files import load_weights, sha256_of
 from kdrun.models.registry import MODELS
 
@@ -42,11 +42,6 @@ DATASET_PARAMETERS: dict[str, Callable[[Shape, int], Any]] = {
 }
 
 
-def one_line(error: BaseException, limit: int = 200) -> str:
-    """`TypeError: message`, folded to one line and cut to `limit` characters."""
-    return f"{type(error).__name__}: {' '.join(str(error).split())}"[:limit]
-
-
 def locate(target: str) -> Any:
     """The object a dotted path names (`pkg.module.Class`, `pkg.module.function`), importing what it needs.
 
@@ -63,10 +58,10 @@ def locate(target: str) -> Any:
         except ModuleNotFoundError as error:
             if error.name is not None and (module_name == error.name or module_name.startswith(error.name + ".")):
                 continue  # this prefix is not a module: try a shorter one
-            raise ConfigError(f"importing {module_name} for custom model '{target}' failed ({one_line(error)})",
+            raise ConfigError(f"importing {module_name} for custom model '{target}' failed ({exception_line(error)})",
                               "install the module it needs") from None
         except Exception as error:  # noqa: BLE001 - user code may raise anything while importing
-            raise ConfigError(f"importing {module_name} for custom model '{target}' failed ({one_line(error)})",
+            raise ConfigError(f"importing {module_name} for custom model '{target}' failed ({exception_line(error)})",
                               "fix the module") from None
         for attribute in parts[split:]:
             if not hasattr(found, attribute):
@@ -105,7 +100,7 @@ def instantiate_target(target: str, arguments: dict[str, Any], what: str) -> nn.
     except Exception as error:  # noqa: BLE001 - Hydra wraps whatever the user's constructor raised
         cause = error.__cause__ or error
         shown = ", ".join(f"{key}={value}" for key, value in sorted(arguments.items()))
-        raise ConfigError(f"{what}({shown}) does not build ({one_line(cause)})",
+        raise ConfigError(f"{what}({shown}) does not build ({exception_line(cause)})",
                           "check its arguments: kdrun passes the keys of the teacher/student config") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{what} returned a {type(model).__name__}, not a torch.nn.Module", "point _target_ at a module class or factory")
@@ -120,7 +115,7 @@ def probe(model: nn.Module, input_shape: Shape, num_classes: int, what: str) -> 
         with torch.no_grad():
             output = model(torch.zeros(2, *input_shape))
     except Exception as error:  # noqa: BLE001 - the user's forward may raise anything on the wrong shape
-        raise ConfigError(f"{what} fails on a batch of shape (2, {', '.join(map(str, input_shape))}) ({one_line(error)})",
+        raise ConfigError(f"{what} fails on a batch of shape (2, {', '.join(map(str, input_shape))}) ({exception_line(error)})",
                           "make it accept (N, C, H, W) inputs of this dataset; see its size options") from None
     finally:
         model.train(was_training)

@@ -16,9 +16,9 @@ from typing import Any, Optional
 
 from torch import nn
 
-from kdrun.errors import ConfigError
+from kdrun.errors import ConfigError, exception_line
 from kdrun.files import read_state_dict
-from kdrun.models.custom import one_line, probe
+from kdrun.models.custom import probe
 from kdrun.models.registry import MODELS
 from kdrun.registry import closest_hint
 
@@ -79,12 +79,12 @@ def build_timm(input_shape: tuple[int, int, int], num_classes: int, /, model: st
         built = timm.create_model(model, num_classes=num_classes, in_chans=input_shape[0], **pretrained, **arguments)
     except OSError as error:  # no network, no hub cache entry (huggingface_hub's errors are OSErrors)
         if weights == HUB:
-            raise ConfigError(f"cannot download timm's {model} weights ({one_line(error, 120)})", download_hint(timm, model)) from None
-        raise ConfigError(f"{what}: weights {weights} are unreadable ({one_line(error, 120)})", "pass a .safetensors or state_dict file") from None
+            raise ConfigError(f"cannot download timm's {model} weights ({exception_line(error, 120)})", download_hint(timm, model)) from None
+        raise ConfigError(f"{what}: weights {weights} are unreadable ({exception_line(error, 120)})", "pass a .safetensors or state_dict file") from None
     except Exception as error:  # noqa: BLE001 - timm raises TypeError/RuntimeError/AssertionError on bad arguments or files
         shown = ", ".join(f"{key}={value}" for key, value in sorted(arguments.items()))
         source = f" with weights {weights}" if weights not in (None, "", "none") else ""
-        raise ConfigError(f"{what}({shown}){source} does not build ({one_line(error)})",
+        raise ConfigError(f"{what}({shown}){source} does not build ({exception_line(error)})",
                           "check its options, and that the weights are this model's; other keys go to timm.create_model") from None
     if "pretrained_cfg_overlay" in pretrained:
         classifier = built.pretrained_cfg.get("classifier") or ()

@@ -53,6 +53,7 @@ class Run:
         self.phases: dict[str, dict[str, Any]] = {}
         self.data: DataSplits | None = None
         self.teacher_entry: Path | None = None  # the teacher cache entry in use, if any
+        self.exports: dict[str, dict[str, dict]] = {}  # phase -> format -> check record (export=[...])
         self.checkpoints = checkpoint_store(cfg, run_dir)  # per-epoch state of each phase (resume=true)
 
     def execute(self) -> None:
@@ -80,6 +81,10 @@ class Run:
             from kdrun.compression.runner import compress_student
 
             compress_student(self, student, method)
+        if cfg.export:  # ONNX / torch.export files of the students just saved, checked (docs/export.md)
+            from kdrun.export.from_run import export_run
+
+            self.exports = export_run(cfg, self.data, self.phases, self.run_dir)
 
     def check_configuration(self) -> None:
         """Build the models and the method once, untrained, so config mistakes surface before any training."""
@@ -92,6 +97,10 @@ class Run:
             from kdrun.compression.runner import check_compression
 
             check_compression(self, student)
+        if self.cfg.export:
+            from kdrun.export.from_run import check_export
+
+            check_export(self.cfg)
 
     def cache_teacher_logits(self, method: Objective) -> float:
         """Teacher logits once per training sample instead of a teacher forward every step.

@@ -1,0 +1,91 @@
+"""From a run's config and files to the exporter's plain values: which students, which test inputs.
+
+Both the export stage at the end of `kdrun train export=[onnx]` and `kdrun export RUN_DIR` read the
+students back from the run's own weight files (distilled.safetensors, and pruned.safetensors /
+quantized.pt when compression stages ran), so what is exported is exactly what the run kept: the
+best-validation distilled student and each compressed version of it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from kdrun.data import DataSplits
+from kdrun.data.streaming import in_order_batches
+from kdrun.errors import ConfigError
+from kdrun.export.runner import ExportSettings, check_settings, export_formats, export_students
+from kdrun.files import load_weights
+from kdrun.training.from_config import model_from_group
+
+EXPORT_DIR = "export"  # inside the run dir
+
+
+def settings_from(cfg: DictConfig, formats: list[str] | None = None) -> ExportSettings:
+    check = cfg.export_check
+    return ExportSettings(list(formats if formats is not None else cfg.export), int(check.samples),
+                          int(check.latency_batch_size), int(check.latency_repeats))
+
+
+def check_export(cfg: DictConfig) -> None:
+    """Before training: known formats, their packages installed, sane check settings."""
+    settings = settings_from(cfg)
+    export_formats(settings.formats)
+    check_settings(settings)
+
+
+def exported_phases(phases: dict[str, dict[str, Any]]) -> list[str]:
+    """The distilled student and the compression stages' results (rows whose source is 'from <phase>')."""
+    return [phase for phase, row in phases.items() if phase == "distilled" or str(row.get("source", "")).startswith("from ")]
+
+
+def load_float(path: Path, student: nn.Module) -> nn.Module:
+    load_weights(path, student, f"{path.name}")
+    return student
+
+
+def load_int8(path: Path, student: nn.Module) -> nn.Module:
+    from kdrun.compression.quantize import load_quantized
+
+    return load_quantized(path, student)
+
+
+LOADERS: dict[str, Callable[[Path, nn.Module], nn.Module]] = {".safetensors": load_float, ".pt": load_int8}
+
+
+def students_from_files(phases: dict[str, dict[str, Any]], new_student: Callable[[], nn.Module]) -> dict[str, nn.Module]:
+    """phase -> the student rebuilt on the CPU and loaded from the weights file its row names."""
+    students = {}
+    for phase in exported_phases(phases):
+        path = Path(phases[phase]["weights"])
+        if not path.is_file():
+            raise ConfigError(f"the {phase} student's weights {path} are missing", "export a complete run, or run it again")
+        students[phase] = LOADERS[path.suffix](path, new_student()).eval()
+    return students
+
+
+def test_examples(data: DataSplits, limit: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `limit` test inputs, normalised as in training, and their labels, on the CPU."""
+    batches = in_order_batches(data.test, data.mean, data.std, min(limit, 1024), torch.device("cpu"), seed=seed)
+    inputs, targets, count = [], [], 0
+    for batch in batches:
+        inputs.append(batch.inputs)
+        targets.append(batch.targets)
+        count += len(batch.targets)
+        if count >= limit:
+            break
+    return torch.cat(inputs)[:limit], torch.cat(targets)[:limit]
+
+
+def export_run(cfg: DictConfig, data: DataSplits, phases: dict[str, dict[str, Any]], run_dir: Path,
+               formats: list[str] | None = None) -> dict[str, dict[str, dict]]:
+    """Export the run's students to <run_dir>/export/ and check them on its test split; phase -> format -> record."""
+    settings = settings_from(cfg, formats)
+    check_settings(settings)
+    students = students_from_files(phases, lambda: model_from_group(cfg.student, data))
+    inputs, targets = test_examples(data, settings.check_samples, int(cfg.seed))
+    return export_students(students, inputs, targets, settings, run_dir / EXPORT_DIR)

@@ -1,0 +1,111 @@
+"""Export students to every requested format and check each file against its PyTorch model.
+
+Plain values in (models, formats, test inputs), plain records out: the run's export stage and
+`kdrun export RUN_DIR` both end here. A format that cannot express a model (onnxscript has no
+kernels for torchao's dynamic int8 tensors) is recorded with its error and skipped, never fatal for
+the others: the float students still export, and summary.json says which file is missing and why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from kdrun.compression.measure import median_ms, size_mb
+from kdrun.errors import ConfigError, exception_line
+from kdrun.export.check import ExportCheck, agreement
+from kdrun.export.formats import FORMATS, ExportFormat, inference
+
+log = logging.getLogger("kdrun")
+
+CHECK_BATCH = 256  # inputs per comparison call
+
+
+@dataclass
+class ExportSettings:
+    formats: list[str]
+    check_samples: int  # test inputs compared between PyTorch and the file
+    latency_batch_size: int
+    latency_repeats: int
+
+
+def export_formats(names: list[str]) -> dict[str, ExportFormat]:
+    """The requested formats, with their packages present; checked before any training.
+
+    Raises:
+        ConfigError: unknown or repeated format, or a missing optional package.
+    """
+    if len(set(names)) != len(names):
+        raise ConfigError(f"export={names} lists a format twice", "list each once, e.g. export=[onnx,torch_export]")
+    formats = {name: FORMATS.build(name) for name in names}
+    for exporter in formats.values():
+        exporter.require()
+    return formats
+
+
+def check_settings(settings: ExportSettings) -> None:
+    for key in ("check_samples", "latency_batch_size", "latency_repeats"):
+        if getattr(settings, key) < 1:
+            raise ConfigError(f"export_check.{key}={getattr(settings, key)} must be >= 1", "see conf/config.yaml")
+
+
+def export_students(models: dict[str, nn.Module], inputs: torch.Tensor, targets: torch.Tensor, settings: ExportSettings,
+                    directory: Path) -> dict[str, dict[str, dict]]:
+    """phase -> format -> ExportCheck as a dict; files land in `directory` as <phase><suffix>."""
+    formats = export_formats(settings.formats)
+    latency_inputs = repeated(inputs, settings.latency_batch_size)
+    threads = torch.get_num_threads()
+    results: dict[str, dict[str, dict]] = {}
+    for phase, model in models.items():
+        model.eval()
+        reference = inference(model)
+        latency_pytorch = median_ms(reference, latency_inputs, settings.latency_repeats)
+        for name, exporter in formats.items():
+            path = directory / f"{phase}{exporter.suffix}"
+            started = time.perf_counter()
+            try:
+                exporter.write(model, inputs[: min(len(inputs), 2)], path)
+                exported = exporter.load(path, threads)
+            except Exception as error:  # noqa: BLE001 - exporters raise many types for what they cannot express
+                reason = exception_line(root_cause(error), 300)
+                results.setdefault(phase, {})[name] = {"path": None, "format": name, "error": reason}
+                log.warning("export: %s as %s failed (%s)", phase, name, reason)
+                path.unlink(missing_ok=True)
+                continue
+            seconds = time.perf_counter() - started
+            match = agreement(reference, exported, pairs(inputs, targets))
+            check = ExportCheck(
+                str(path), name, size_mb(path), match.samples, match.max_abs_diff, match.top1_agreement,
+                match.accuracy_exported, match.accuracy_pytorch, len(latency_inputs), latency_pytorch,
+                median_ms(exported, latency_inputs, settings.latency_repeats), seconds,
+            )
+            results.setdefault(phase, {})[name] = check.to_dict()
+            log.info("export: %s -> %s: max |diff| %.2e, top-1 agreement %.4f on %d test inputs; "
+                     "CPU latency %.3f ms (PyTorch %.3f ms), batch %d", phase, path.name, check.max_abs_diff,
+                     check.top1_agreement, check.checked_samples, check.latency_ms_exported, check.latency_ms_pytorch,
+                     check.latency_batch_size)
+    return results
+
+
+def repeated(inputs: torch.Tensor, size: int) -> torch.Tensor:
+    """`size` inputs: the first ones, repeated when there are fewer."""
+    times = -(-size // len(inputs))
+    return inputs.repeat(times, *([1] * (inputs.dim() - 1)))[:size]
+
+
+def pairs(inputs: torch.Tensor, targets: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, len(inputs), CHECK_BATCH):
+        yield inputs[start:start + CHECK_BATCH], targets[start:start + CHECK_BATCH]
+
+
+def root_cause(error: BaseException) -> BaseException:
+    """The innermost cause: torch.onnx wraps 'no ONNX function for aten._int_mm' in two generic errors."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
