@@ -73,6 +73,28 @@ class ExportCheckSchema:
 
 
 @dataclass
+class MlflowSchema:
+    uri: str = MISSING
+
+
+@dataclass
+class WandbSchema:
+    project: str = MISSING
+    mode: str = MISSING
+    dir: Optional[str] = None
+    entity: Optional[str] = None
+
+
+@dataclass
+class TrackingSchema:
+    """Options of the experiment trackers (kdrun/tracking/); `track` picks which run."""
+
+    experiment: Optional[str] = None
+    mlflow: MlflowSchema = field(default_factory=MlflowSchema)
+    wandb: WandbSchema = field(default_factory=WandbSchema)
+
+
+@dataclass
 class RootSchema:
     dataset: Any = MISSING
     teacher: Any = MISSING
@@ -96,6 +118,8 @@ class RootSchema:
     compression: CompressionSchema = field(default_factory=CompressionSchema)
     export: List[str] = field(default_factory=list)
     export_check: ExportCheckSchema = field(default_factory=ExportCheckSchema)
+    track: List[str] = field(default_factory=list)
+    tracking: TrackingSchema = field(default_factory=TrackingSchema)
 
 
 def register_schema() -> None:

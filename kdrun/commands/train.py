@@ -111,7 +111,8 @@ def task(cfg: Any) -> float:
             return run_other_rank(cfg, run_dir)
     with run_logging(run_dir, cfg.trainer.progress) as (console, file_log, display):
         try:
-            summary = execute(cfg, run_dir, overrides, console, file_log, display, jobs_at_once)
+            sweep_dir = Path(hydra_config.sweep.dir).resolve() if multirun else None
+            summary = execute(cfg, run_dir, overrides, console, file_log, display, jobs_at_once, sweep_dir)
         except KdrunError as error:
             if full_errors_requested():
                 raise
@@ -150,13 +151,16 @@ def record_sweep_job(cfg: Any, sweep_dir: Path, job: int, summary: dict) -> None
 
 
 def execute(
-    cfg: Any, run_dir: Path, overrides: list[str], console: Any, file_log: Any, display: Any, jobs_at_once: int = 1
+    cfg: Any, run_dir: Path, overrides: list[str], console: Any, file_log: Any, display: Any, jobs_at_once: int = 1,
+    sweep_dir: Path | None = None,
 ) -> dict:
+    from omegaconf import OmegaConf
+
     from kdrun.config import validate
-    from kdrun.display import print_results
+    from kdrun.tracking import finish_trackers, open_trackers
     from kdrun.training.device import configure_threads
     from kdrun.training.pipeline import Run
-    from kdrun.training.resume import prepare_resume, remove_checkpoints
+    from kdrun.training.resume import prepare_resume
     from kdrun.training.run_files import MetricsLog, Observers
     from kdrun.training.tensorboard_log import TensorBoardLog, wants_tensorboard
 
@@ -170,12 +174,25 @@ def execute(
         observers = [MetricsLog(run_dir / "metrics.jsonl", epochs), display]
         if wants_tensorboard(cfg.trainer.tensorboard):
             observers.append(TensorBoardLog(run_dir / "tensorboard"))
-        run = Run(cfg, run_dir, Observers(observers))
+        trackers = open_trackers(list(cfg.track), OmegaConf.to_container(cfg.tracking, resolve=True),
+                                 OmegaConf.to_container(cfg, resolve=True), run_dir, sweep_dir, cfg.resume)
+        run = Run(cfg, run_dir, Observers(observers + trackers))
         if cfg.resume:
             prepare_resume(cfg, run_dir)
     except ConfigError:
         discard_empty_run_dir(run_dir)  # bad input: leave nothing behind that looks like a run
         raise
+    try:
+        return run_to_the_end(run, run_dir, overrides, file_log)
+    finally:  # MLflow / W&B runs end with the run's summary.json, however the run ended
+        finish_trackers(trackers, run_dir)
+
+
+def run_to_the_end(run: Any, run_dir: Path, overrides: list[str], file_log: Any) -> dict:
+    """Execute the run; summary.json records how it ended (completed, failed, interrupted)."""
+    from kdrun.display import print_results
+    from kdrun.training.resume import remove_checkpoints
+
     started = datetime.datetime.now().astimezone()
     try:
         run.execute()
