@@ -11,10 +11,13 @@ from torch import nn
 from conftest import TINY, read_summary, run_kdrun
 from kdrun.errors import ConfigError
 from kdrun.export.check import agreement
-from kdrun.export.runner import ExportSettings, export_formats, export_students
+from kdrun.export.runner import DataDescription, ExportSettings, export_formats, export_students
 from kdrun.models import build_model
 
 pytest.importorskip("onnxruntime")  # the test extra installs kdrun[export]
+
+
+DATA = DataDescription(mean=[0.5], std=[0.25], classes=["a", "b", "c", "d", "e"])
 
 
 def settings(*formats: str) -> ExportSettings:
@@ -37,8 +40,8 @@ def test_agreement_counts_differences_and_top1_by_hand():
 def test_onnx_and_torch_export_files_predict_like_pytorch(tmp_path, name, options):
     torch.manual_seed(0)
     model = build_model(name, (1, 8, 8), 5, **options)
-    inputs, targets = torch.randn(40, 1, 8, 8), torch.randint(0, 5, (40,))
-    results = export_students({"distilled": model}, inputs, targets, settings("onnx", "torch_export"), tmp_path)
+    inputs, targets = torch.rand(40, 1, 8, 8), torch.randint(0, 5, (40,))
+    results = export_students({"distilled": model}, inputs, targets, settings("onnx", "torch_export"), tmp_path, DATA)
     for fmt, suffix in (("onnx", ".onnx"), ("torch_export", ".pt2")):
         check = results["distilled"][fmt]
         assert check["path"] == str(tmp_path / f"distilled{suffix}") and check["error"] is None
@@ -48,12 +51,17 @@ def test_onnx_and_torch_export_files_predict_like_pytorch(tmp_path, name, option
     import onnxruntime  # independently of kdrun's loader: another batch size (the batch axis is dynamic)
 
     session = onnxruntime.InferenceSession(str(tmp_path / "distilled.onnx"), providers=["CPUExecutionProvider"])
-    fresh = torch.randn(7, 1, 8, 8)
+    fresh = torch.rand(7, 1, 8, 8)  # images in [0, 1]: the file normalises them as the run did
     (logits,) = session.run(None, {"input": fresh.numpy()})
     with torch.no_grad():
-        assert torch.allclose(torch.from_numpy(logits), model.eval()(fresh), atol=1e-5)
-    program = torch.export.load(str(tmp_path / "distilled.pt2")).module()
-    assert torch.allclose(program(fresh), model(fresh), atol=1e-6)
+        expected = model.eval()((fresh - 0.5) / 0.25)
+    assert torch.allclose(torch.from_numpy(logits), expected, atol=1e-5)
+    metadata = session.get_modelmeta().custom_metadata_map
+    assert json.loads(metadata["kdrun.classes"]) == DATA.classes and json.loads(metadata["kdrun.mean"]) == [0.5]
+    extra = {"kdrun.json": ""}
+    program = torch.export.load(str(tmp_path / "distilled.pt2"), extra_files=extra).module()
+    assert torch.allclose(program(fresh), expected, atol=1e-6)
+    assert json.loads(extra["kdrun.json"])["kdrun.phase"] == "distilled"
 
 
 def test_a_file_that_predicts_otherwise_is_caught_by_the_check(tmp_path, monkeypatch):
@@ -66,15 +74,15 @@ def test_a_file_that_predicts_otherwise_is_caught_by_the_check(tmp_path, monkeyp
     model = build_model("mlp", (1, 8, 8), 5, hidden=[6])
     write = Onnx.write
 
-    def write_a_changed_copy(self, original, example, path):
-        changed = copy.deepcopy(original)
+    def write_a_changed_copy(self, original, example, path, metadata):
+        changed = copy.deepcopy(original)  # the student behind its normalisation
         with torch.no_grad():
-            changed[-1].bias += 0.5
-        write(self, changed, example, path)
+            changed.model[-1].bias += 0.5
+        write(self, changed, example, path, metadata)
 
     monkeypatch.setattr(Onnx, "write", write_a_changed_copy)
-    inputs, targets = torch.randn(40, 1, 8, 8), torch.randint(0, 5, (40,))
-    check = export_students({"distilled": model}, inputs, targets, settings("onnx"), tmp_path)["distilled"]["onnx"]
+    inputs, targets = torch.rand(40, 1, 8, 8), torch.randint(0, 5, (40,))
+    check = export_students({"distilled": model}, inputs, targets, settings("onnx"), tmp_path, DATA)["distilled"]["onnx"]
     assert check["max_abs_diff"] == pytest.approx(0.5, abs=1e-5)
 
 
@@ -92,7 +100,7 @@ class NotExportable(nn.Module):
 def test_a_model_a_format_cannot_express_is_recorded_and_the_others_still_export(tmp_path):
     inputs, targets = torch.randn(10, 1, 8, 8), torch.randint(0, 3, (10,))
     plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
-    results = export_students({"distilled": plain, "odd": NotExportable()}, inputs, targets, settings("torch_export"), tmp_path)
+    results = export_students({"distilled": plain, "odd": NotExportable()}, inputs, targets, settings("torch_export"), tmp_path, DATA)
     assert results["odd"]["torch_export"]["path"] is None and results["odd"]["torch_export"]["error"]
     assert not (tmp_path / "odd.pt2").exists() and not list(tmp_path.glob(".*"))  # no partial or temp file
     assert results["distilled"]["torch_export"]["top1_agreement"] == 1.0

@@ -9,6 +9,7 @@ PyTorch with what a user will actually run: onnxruntime on the CPU for ONNX, `to
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 from pathlib import Path
@@ -22,13 +23,14 @@ from kdrun.registry import Registry
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # inputs (N, C, H, W) on the CPU -> logits (N, classes)
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+METADATA_FILE = "kdrun.json"  # the .pt2 file's copy of the metadata
 
 
 class ExportFormat(Protocol):
     suffix: str
 
     def require(self) -> None: ...  # ConfigError when its packages are missing
-    def write(self, model: nn.Module, example: torch.Tensor, path: Path) -> None: ...
+    def write(self, model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None: ...
     def load(self, path: Path, threads: int) -> Predictor: ...
 
 
@@ -61,12 +63,13 @@ class Onnx:
         if missing:
             raise ConfigError(f"export=[onnx] needs {', '.join(missing)}, not installed", "pip install 'kdrun[export]'")
 
-    def write(self, model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    def write(self, model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
         for name in ("onnxscript", "onnx_ir"):  # their per-pass info lines reach the console through the root logger
             logging.getLogger(name).setLevel(logging.WARNING)
-        written_atomically(path, lambda target: torch.onnx.export(
-            model, (example,), str(target), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes=batch_dimension(), external_data=False, verbose=False))
+        program = torch.onnx.export(model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                    dynamic_shapes=batch_dimension(), verbose=False)
+        program.model.metadata_props.update(metadata)  # onnxruntime: session.get_modelmeta().custom_metadata_map
+        written_atomically(path, lambda target: program.save(str(target), external_data=False))
 
     def load(self, path: Path, threads: int) -> Predictor:
         import onnxruntime
@@ -87,9 +90,10 @@ class TorchExport:
     def require(self) -> None:
         pass
 
-    def write(self, model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    def write(self, model: nn.Module, example: torch.Tensor, path: Path, metadata: dict[str, str]) -> None:
         program = torch.export.export(model, (example,), dynamic_shapes=batch_dimension())
-        written_atomically(path, lambda target: torch.export.save(program, str(target)))
+        extra = {METADATA_FILE: json.dumps(metadata)}  # torch.export.load(path, extra_files={METADATA_FILE: ""})
+        written_atomically(path, lambda target: torch.export.save(program, str(target), extra_files=extra))
 
     def load(self, path: Path, threads: int) -> Predictor:
         return inference(torch.export.load(str(path)).module())

@@ -18,7 +18,7 @@ from torch import nn
 from kdrun.data import DataSplits
 from kdrun.data.streaming import in_order_batches
 from kdrun.errors import ConfigError
-from kdrun.export.runner import ExportSettings, check_settings, export_formats, export_students
+from kdrun.export.runner import DataDescription, ExportSettings, check_settings, export_formats, export_students
 from kdrun.files import load_weights
 from kdrun.training.from_config import model_from_group
 
@@ -69,8 +69,9 @@ def students_from_files(phases: dict[str, dict[str, Any]], new_student: Callable
 
 
 def test_examples(data: DataSplits, limit: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first `limit` test inputs, normalised as in training, and their labels, on the CPU."""
-    batches = in_order_batches(data.test, data.mean, data.std, min(limit, 1024), torch.device("cpu"), seed=seed)
+    """The first `limit` test images scaled to [0, 1] (what an exported file takes), and their labels, on the CPU."""
+    channels = data.input_shape[0]
+    batches = in_order_batches(data.test, [0.0] * channels, [1.0] * channels, min(limit, 1024), torch.device("cpu"), seed=seed)
     inputs, targets, count = [], [], 0
     for batch in batches:
         inputs.append(batch.inputs)
@@ -88,4 +89,5 @@ def export_run(cfg: DictConfig, data: DataSplits, phases: dict[str, dict[str, An
     check_settings(settings)
     students = students_from_files(phases, lambda: model_from_group(cfg.student, data))
     inputs, targets = test_examples(data, settings.check_samples, int(cfg.seed))
-    return export_students(students, inputs, targets, settings, run_dir / EXPORT_DIR)
+    description = DataDescription(list(data.mean), list(data.std), list(data.class_names))
+    return export_students(students, inputs, targets, settings, run_dir / EXPORT_DIR, description)

@@ -8,6 +8,7 @@ the others: the float students still export, and summary.json says which file is
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from kdrun import __version__
 from kdrun.compression.measure import median_ms, size_mb
 from kdrun.errors import ConfigError, exception_line
 from kdrun.export.check import ExportCheck, agreement
@@ -55,22 +57,53 @@ def check_settings(settings: ExportSettings) -> None:
             raise ConfigError(f"export_check.{key}={getattr(settings, key)} must be >= 1", "see conf/config.yaml")
 
 
+class Normalised(nn.Module):
+    """The student behind the run's input normalisation: an exported file takes images in [0, 1], as they are."""
+
+    def __init__(self, model: nn.Module, mean: list[float], std: list[float]) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("scale", 1.0 / torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("shift", -torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * self.scale)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) in [0, 1] -> logits (N, classes)
+        return self.model(torch.addcmul(self.shift, images, self.scale))
+
+
+@dataclass
+class DataDescription:
+    """What a deployed file needs to say about its inputs and outputs (stored in the file's metadata)."""
+
+    mean: list[float]
+    std: list[float]
+    classes: list[str]
+
+    def metadata(self, phase: str) -> dict[str, str]:
+        return {"kdrun.phase": phase, "kdrun.input": "float32 images (N, C, H, W) in [0, 1]; normalised inside",
+                "kdrun.mean": json.dumps(self.mean), "kdrun.std": json.dumps(self.std), "kdrun.classes": json.dumps(self.classes),
+                "kdrun.version": __version__}
+
+
 def export_students(models: dict[str, nn.Module], inputs: torch.Tensor, targets: torch.Tensor, settings: ExportSettings,
-                    directory: Path) -> dict[str, dict[str, dict]]:
-    """phase -> format -> ExportCheck as a dict; files land in `directory` as <phase><suffix>."""
+                    directory: Path, data: DataDescription) -> dict[str, dict[str, dict]]:
+    """phase -> format -> ExportCheck as a dict; files land in `directory` as <phase><suffix>.
+
+    `inputs` are test images in [0, 1] (not normalised): each file and its PyTorch reference get them
+    through the same Normalised wrapper.
+    """
     formats = export_formats(settings.formats)
     latency_inputs = repeated(inputs, settings.latency_batch_size)
     threads = torch.get_num_threads()
     results: dict[str, dict[str, dict]] = {}
-    for phase, model in models.items():
-        model.eval()
+    for phase, student in models.items():
+        model = Normalised(student, data.mean, data.std).eval()
         reference = inference(model)
         latency_pytorch = median_ms(reference, latency_inputs, settings.latency_repeats)
         for name, exporter in formats.items():
             path = directory / f"{phase}{exporter.suffix}"
             started = time.perf_counter()
             try:
-                exporter.write(model, inputs[: min(len(inputs), 2)], path)
+                exporter.write(model, inputs[: min(len(inputs), 2)], path, data.metadata(phase))
                 exported = exporter.load(path, threads)
             except Exception as error:  # noqa: BLE001 - exporters raise many types for what they cannot express
                 reason = exception_line(root_cause(error), 300)
