@@ -7,6 +7,7 @@ import datetime
 import errno
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -83,7 +84,8 @@ def run_dir_suffix(override_dirname: str) -> str:
     """`_T=10,method=basic` for the run dir name; '' without overrides. Slashes would nest folders."""
     if not override_dirname:
         return ""
-    return "_" + override_dirname.replace(os.sep, "_")[:120]
+    plain = re.sub(r"(^|,)\+{1,2}", r"\1", override_dirname)  # `++teacher.width=8` (open model groups) reads as typed
+    return "_" + plain.replace(os.sep, "_")[:120]
 
 
 def task(cfg: Any) -> float:
