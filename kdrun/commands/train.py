@@ -28,15 +28,12 @@ def main(arguments: list[str]) -> None:
     """Hand the arguments to the Hydra app; composition errors become one-line `kdrun: error:`s."""
     import hydra
     from hydra.errors import HydraException
-    from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     if "KDRUN_USER_HYDRA_FULL_ERROR" not in os.environ:
         os.environ["KDRUN_USER_HYDRA_FULL_ERROR"] = os.environ.get("HYDRA_FULL_ERROR", "")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach us instead of printing them itself
-    register_schema()
-    if not OmegaConf.has_resolver("kdrun_suffix"):
-        OmegaConf.register_new_resolver("kdrun_suffix", run_dir_suffix)
+    prepare_hydra()
     app = hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(task)
     from kdrun.commands.distributed_run import hydra_overrides, session
 
@@ -55,6 +52,15 @@ def main(arguments: list[str]) -> None:
         failed = failures.read_text().splitlines()
     if failed:  # multirun: the other jobs ran; the sweep as a whole did not complete
         fail(f"{len(failed)} job(s) of the sweep failed, the others completed: {failed[0]} (see sweep.csv in the sweep dir)", 1)
+
+
+def prepare_hydra() -> None:
+    """The root schema in Hydra's ConfigStore and the run dir name's resolver (idempotent; the API needs them too)."""
+    from omegaconf import OmegaConf
+
+    register_schema()
+    if not OmegaConf.has_resolver("kdrun_suffix"):
+        OmegaConf.register_new_resolver("kdrun_suffix", run_dir_suffix)
 
 
 @contextlib.contextmanager
