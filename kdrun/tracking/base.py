@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from kdrun.errors import exception_line
+from kdrun.errors import ConfigError, exception_line
 from kdrun.registry import Registry
 from kdrun.training.loop import EpochRecord
 
@@ -99,6 +99,14 @@ class Tracker:
 
     def finish_run(self, summary: dict[str, Any]) -> None:
         raise NotImplementedError
+
+
+def require(package: str) -> None:
+    """A backend's package must be installed before training starts, not found missing after an hour."""
+    import importlib.util
+
+    if importlib.util.find_spec(package) is None:
+        raise ConfigError(f"track=[{package}] needs the {package} package, which is not installed", f"pip install 'kdrun[{package}]'")
 
 
 def epoch_metrics(record: EpochRecord) -> dict[str, float]:

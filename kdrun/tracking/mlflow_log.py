@@ -18,8 +18,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from kdrun.errors import ConfigError
-from kdrun.tracking.base import STATUS, TRACKERS, TrackedRun, Tracker, flat_params, now_ms, run_files, summary_metrics
+from kdrun.tracking.base import STATUS, TRACKERS, require, TrackedRun, Tracker, flat_params, now_ms, run_files, summary_metrics
 
 MLFLOW_STATUS = {0: "FINISHED", 1: "FAILED", 130: "KILLED"}
 
@@ -38,10 +37,7 @@ class MlflowLog(Tracker):
 
     def __init__(self, run: TrackedRun) -> None:
         super().__init__(run)
-        try:
-            from mlflow.tracking import MlflowClient  # noqa: F401 - fail before training if it is missing
-        except ImportError:
-            raise ConfigError("track=[mlflow] needs the mlflow package, which is not installed", "pip install 'kdrun[mlflow]'") from None
+        require("mlflow")
         self.uri, self.directory = store_uri(str(run.options.get("uri") or "outputs/mlruns"))
         self.client: Any = None
 

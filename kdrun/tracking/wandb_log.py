@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kdrun.errors import ConfigError
-from kdrun.tracking.base import STATUS, TRACKERS, TrackedRun, Tracker, run_files, summary_metrics
+from kdrun.tracking.base import STATUS, TRACKERS, require, TrackedRun, Tracker, run_files, summary_metrics
 
 MODES = ("offline", "online", "disabled")
 
@@ -23,10 +23,7 @@ class WandbLog(Tracker):
 
     def __init__(self, run: TrackedRun) -> None:
         super().__init__(run)
-        try:
-            import wandb  # noqa: F401 - fail before training if it is missing
-        except ImportError:
-            raise ConfigError("track=[wandb] needs the wandb package, which is not installed", "pip install 'kdrun[wandb]'") from None
+        require("wandb")
         self.mode = str(run.options.get("mode") or "offline")
         if self.mode not in MODES:
             raise ConfigError(f"tracking.wandb.mode={self.mode} is unknown", f"choose one of: {', '.join(MODES)}")

@@ -81,7 +81,7 @@ class Run:
             from kdrun.compression.runner import compress_student
 
             compress_student(self, student, method)
-        if cfg.export:  # ONNX / torch.export files of the students just saved, checked (docs/export.md)
+        if cfg.export and distributed.is_main():  # ONNX / torch.export files of the saved students, checked (docs/export.md)
             from kdrun.export.from_run import export_run
 
             self.exports = export_run(cfg, self.data, self.phases, self.run_dir)
