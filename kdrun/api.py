@@ -105,8 +105,7 @@ def compose_run(overrides: list[str], run_dir: str | Path | None) -> ComposedRun
 
     from kdrun.cli import describe_config_error
     from kdrun.commands.resume import quoted
-    from kdrun.commands.train import prepare_hydra
-    from kdrun.config import config_dir, open_group_overrides
+    from kdrun.config import config_dir, open_group_overrides, prepare_hydra
 
     prepare_hydra()
     items = open_group_overrides(overrides)

@@ -7,6 +7,8 @@ types (`T=abc`) and typos in root keys fail at composition, also under `--cfg jo
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -127,6 +129,23 @@ def register_schema() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name=SCHEMA_NAME, node=RootSchema)
+
+
+def prepare_hydra() -> None:
+    """The root schema in Hydra's ConfigStore and the run dir name's resolver (idempotent; the API needs them too)."""
+    from omegaconf import OmegaConf
+
+    register_schema()
+    if not OmegaConf.has_resolver("kdrun_suffix"):
+        OmegaConf.register_new_resolver("kdrun_suffix", run_dir_suffix)
+
+
+def run_dir_suffix(override_dirname: str) -> str:
+    """`_T=10,method=basic` for the run dir name; '' without overrides. Slashes would nest folders."""
+    if not override_dirname:
+        return ""
+    plain = re.sub(r"(^|,)\+{1,2}", r"\1", override_dirname)  # `++teacher.width=8` (open model groups) reads as typed
+    return "_" + plain.replace(os.sep, "_")[:120]
 
 
 def config_dir() -> Path:

@@ -7,7 +7,6 @@ import datetime
 import errno
 import logging
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -16,7 +15,7 @@ from typing import Any
 
 from kdrun import __version__
 from kdrun.cli import describe_config_error, fail, flags_first, full_errors_requested
-from kdrun.config import config_dir, open_group_overrides, register_schema
+from kdrun.config import config_dir, open_group_overrides, prepare_hydra
 from kdrun.errors import ConfigError, KdrunError
 
 RUN_RESULT_FILES = ("summary.json", "metrics.jsonl")
@@ -54,15 +53,6 @@ def main(arguments: list[str]) -> None:
         fail(f"{len(failed)} job(s) of the sweep failed, the others completed: {failed[0]} (see sweep.csv in the sweep dir)", 1)
 
 
-def prepare_hydra() -> None:
-    """The root schema in Hydra's ConfigStore and the run dir name's resolver (idempotent; the API needs them too)."""
-    from omegaconf import OmegaConf
-
-    register_schema()
-    if not OmegaConf.has_resolver("kdrun_suffix"):
-        OmegaConf.register_new_resolver("kdrun_suffix", run_dir_suffix)
-
-
 @contextlib.contextmanager
 def failures_file() -> Any:
     """A temp file that multirun jobs (in this process or in joblib workers) append their failures to."""
@@ -84,14 +74,6 @@ def describe_os_error(error: OSError) -> str:
     where = f" {error.filename}" if error.filename else ""
     hint = "free disk space" if error.errno == errno.ENOSPC else "pick a writable hydra.run.dir and cache_dir"
     return f"cannot write{where}: {error.strerror or error} ({hint})"
-
-
-def run_dir_suffix(override_dirname: str) -> str:
-    """`_T=10,method=basic` for the run dir name; '' without overrides. Slashes would nest folders."""
-    if not override_dirname:
-        return ""
-    plain = re.sub(r"(^|,)\+{1,2}", r"\1", override_dirname)  # `++teacher.width=8` (open model groups) reads as typed
-    return "_" + plain.replace(os.sep, "_")[:120]
 
 
 def task(cfg: Any) -> float:
@@ -162,10 +144,9 @@ def execute(
     cfg: Any, run_dir: Path, overrides: list[str], console: Any, file_log: Any, display: Any, jobs_at_once: int = 1,
     sweep_dir: Path | None = None,
 ) -> dict:
-    from omegaconf import OmegaConf
-
     from kdrun.config import validate
     from kdrun.tracking import finish_trackers, open_trackers
+    from kdrun.training.from_config import plain
     from kdrun.training.device import configure_threads
     from kdrun.training.pipeline import Run
     from kdrun.training.resume import prepare_resume
@@ -182,8 +163,7 @@ def execute(
         observers = [MetricsLog(run_dir / "metrics.jsonl", epochs), display]
         if wants_tensorboard(cfg.trainer.tensorboard):
             observers.append(TensorBoardLog(run_dir / "tensorboard"))
-        trackers = open_trackers(list(cfg.track), OmegaConf.to_container(cfg.tracking, resolve=True),
-                                 OmegaConf.to_container(cfg, resolve=True), run_dir, sweep_dir, cfg.resume)
+        trackers = open_trackers(list(cfg.track), plain(cfg.tracking), plain(cfg), run_dir, sweep_dir, cfg.resume)
         run = Run(cfg, run_dir, Observers(observers + trackers))
         if cfg.resume:
             prepare_resume(cfg, run_dir)

@@ -18,6 +18,7 @@ from kdrun.data import DataSplits
 from kdrun.data.augment import build_augmentation
 from kdrun.data.batches import InMemoryBatches
 from kdrun.data.streaming import batches_for_this_rank, in_order_batches
+from kdrun.export.from_run import check_export, export_run
 from kdrun.files import load_tensor, load_weights, save_tensor, save_weights
 from kdrun.methods import METHODS, CrossEntropy, FrozenTeacher, Objective
 from kdrun.models import check_output, count_parameters
@@ -82,8 +83,6 @@ class Run:
 
             compress_student(self, student, method)
         if cfg.export and distributed.is_main():  # ONNX / torch.export files of the saved students, checked (docs/export.md)
-            from kdrun.export.from_run import export_run
-
             self.exports = export_run(cfg, self.data, self.phases, self.run_dir)
 
     def check_configuration(self) -> None:
@@ -97,10 +96,7 @@ class Run:
             from kdrun.compression.runner import check_compression
 
             check_compression(self, student)
-        if self.cfg.export:
-            from kdrun.export.from_run import check_export
-
-            check_export(self.cfg)
+        check_export(self.cfg)  # formats, their packages and export_check, before any training
 
     def cache_teacher_logits(self, method: Objective) -> float:
         """Teacher logits once per training sample instead of a teacher forward every step.
