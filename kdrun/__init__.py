@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "run": "kdrun.api", "load_run": "kdrun.api", "report_table": "kdrun.api", "report_frame": "kdrun.api",
     "RunSummary": "kdrun.results", "PhaseSummary": "kdrun.results",
-    "ConfigError": "kdrun.errors", "RunError": "kdrun.errors", "KdrunError": "kdrun.errors",
+    "ConfigError": "kdrun.errors", "RunError": "kdrun.errors", "Interrupted": "kdrun.errors", "KdrunError": "kdrun.errors",
 }
 __all__ = ["__version__", *_LAZY]
 

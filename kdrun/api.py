@@ -8,18 +8,18 @@
 CLI (open model groups, the schema, the run dir pattern), writes the same run dir (.hydra/, train.log,
 metrics.jsonl, summary.json, weights) and returns summary.json as a typed RunSummary. Errors are
 raised as kdrun's exceptions (ConfigError for bad input, RunError for a failed run) instead of
-printed: a notebook decides what to do with them. Nothing here imports torch until a run starts.
+printed: a notebook decides what to do with them. Nothing here imports torch until a run starts. The
+Hydra side (compose, .hydra/ files) is kdrun/commands/hydra_app.py, shared with the CLI; the run itself
+is the same `run_and_show` as `kdrun train`'s.
 """
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from kdrun.errors import ConfigError
-from kdrun.results import RunSummary
+from kdrun.results import SUMMARY_FILE, RunSummary, read_summary
 
 
 def run(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> RunSummary:
@@ -31,22 +31,17 @@ def run(overrides: Sequence[str] = (), run_dir: str | Path | None = None) -> Run
 
     Raises:
         ConfigError: bad overrides or input (nothing is written); RunError: the run failed (its
-        summary.json says so); KeyboardInterrupt: interrupted (resume with `kdrun resume RUN_DIR`).
+        summary.json says so); Interrupted: Ctrl-C (continue with `kdrun resume RUN_DIR`).
     """
-    from kdrun.commands.train import ensure_fresh_run_dir, execute, run_logging
+    from kdrun.commands.hydra_app import compose_run, hydra_errors, save_hydra_files
+    from kdrun.commands.train import Job, run_and_show
+    from kdrun.run_dir import ensure_fresh
 
-    composed = compose_run(list(overrides), run_dir)
-    cfg, directory = composed.task, composed.run_dir
-    ensure_fresh_run_dir(directory, bool(cfg.resume))  # before .hydra/ is written: a finished run stays untouched
-    save_hydra_files(composed)
-    with run_logging(directory, cfg.trainer.progress) as (console, file_log, display):
-        try:
-            summary = execute(cfg, directory, composed.overrides, console, file_log, display)
-        except SystemExit as exit_:  # the CLI's way to end an interrupted run; here it is an interrupt again
-            if exit_.code == 130:
-                raise KeyboardInterrupt(f"run interrupted; continue with: kdrun resume {directory}") from None
-            raise
-    return RunSummary.from_json(summary)
+    composed = compose_run(list(overrides), Path(run_dir).expanduser().resolve() if run_dir is not None else None)
+    ensure_fresh(composed.run_dir, bool(composed.task.resume))  # before .hydra/ is written: a finished run stays untouched
+    with hydra_errors(multirun=False):
+        save_hydra_files(composed)
+        return run_and_show(composed.task, Job(composed.run_dir, composed.overrides, multirun=False))
 
 
 def load_run(path: str | Path) -> RunSummary:
@@ -57,11 +52,11 @@ def load_run(path: str | Path) -> RunSummary:
     """
     directory = Path(path).expanduser().resolve()
     try:
-        return RunSummary.load(directory)
+        return read_summary(directory / SUMMARY_FILE)
     except FileNotFoundError:
         raise ConfigError(f"no summary.json in {directory}", "pass a kdrun run dir") from None
-    except ValueError as error:
-        raise ConfigError(f"{directory / 'summary.json'} is not a kdrun summary ({error})", "pass a kdrun run dir") from None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{directory / SUMMARY_FILE} is not a readable kdrun summary ({error})", "pass a kdrun run dir") from None
 
 
 def report_table(path: str | Path) -> list[dict[str, Any]]:
@@ -83,57 +78,3 @@ def report_frame(path: str | Path) -> Any:
     except ImportError:
         raise ConfigError("report_frame needs pandas, which is not installed", "pip install 'kdrun[pandas]', or use report_table") from None
     return pandas.DataFrame(report_table(path))
-
-
-@dataclass
-class ComposedRun:
-    """A composed config: the task's part (what the run reads), the whole (with hydra), where, and how it was asked for."""
-
-    task: Any
-    full: Any
-    run_dir: Path
-    overrides: list[str]  # as Hydra records them in .hydra/overrides.yaml
-
-
-def compose_run(overrides: list[str], run_dir: str | Path | None) -> ComposedRun:
-    """The config `kdrun train OVERRIDES` composes: same conf/, schema, open model groups and run dir pattern."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.errors import HydraException
-    from omegaconf import open_dict
-    from omegaconf.errors import OmegaConfBaseException
-
-    from kdrun.cli import describe_config_error
-    from kdrun.commands.resume import quoted
-    from kdrun.config import config_dir, open_group_overrides, prepare_hydra
-
-    prepare_hydra()
-    items = open_group_overrides(overrides)
-    if run_dir is not None:
-        items.append("hydra.run.dir=" + quoted(str(Path(run_dir).expanduser().resolve())))
-    try:
-        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
-            full = compose("config", overrides=items, return_hydra_config=True)
-    except (HydraException, OmegaConfBaseException) as error:
-        if "Ambiguous value" in str(error):  # Hydra's advice (add --multirun) does not apply here
-            raise ConfigError(str(error).splitlines()[0], "kdrun.run takes one config: loop over the values in Python, "
-                              "or sweep with kdrun train -m") from None
-        raise ConfigError(describe_config_error(error)) from None
-    HydraConfig.instance().set_config(full)  # resolves ${now:} and the override-named run dir
-    task = copy.deepcopy(full)
-    with open_dict(task):
-        del task["hydra"]
-    return ComposedRun(task, full, Path(str(full.hydra.run.dir)).expanduser().resolve(), list(full.hydra.overrides.task))
-
-
-def save_hydra_files(composed: ComposedRun) -> None:
-    """.hydra/config.yaml, hydra.yaml and overrides.yaml, as Hydra writes them for `kdrun train`
-    (`kdrun resume` and `kdrun export` read them)."""
-    from omegaconf import OmegaConf
-
-    from kdrun.files import write_bytes_atomic
-
-    folder = composed.run_dir / ".hydra"
-    write_bytes_atomic(folder / "config.yaml", OmegaConf.to_yaml(composed.task).encode())
-    write_bytes_atomic(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.masked_copy(composed.full, ["hydra"])).encode())
-    write_bytes_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(composed.overrides)).encode())

@@ -7,8 +7,6 @@ types (`T=abc`) and typos in root keys fail at composition, also under `--cfg jo
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Optional
@@ -131,23 +129,6 @@ def register_schema() -> None:
     ConfigStore.instance().store(name=SCHEMA_NAME, node=RootSchema)
 
 
-def prepare_hydra() -> None:
-    """The root schema in Hydra's ConfigStore and the run dir name's resolver (idempotent; the API needs them too)."""
-    from omegaconf import OmegaConf
-
-    register_schema()
-    if not OmegaConf.has_resolver("kdrun_suffix"):
-        OmegaConf.register_new_resolver("kdrun_suffix", run_dir_suffix)
-
-
-def run_dir_suffix(override_dirname: str) -> str:
-    """`_T=10,method=basic` for the run dir name; '' without overrides. Slashes would nest folders."""
-    if not override_dirname:
-        return ""
-    plain = re.sub(r"(^|,)\+{1,2}", r"\1", override_dirname)  # `++teacher.width=8` (open model groups) reads as typed
-    return "_" + plain.replace(os.sep, "_")[:120]
-
-
 def config_dir() -> Path:
     """Absolute path of conf/: shipped inside the wheel as kdrun/conf, else the repo's top-level conf/."""
     packaged = Path(__file__).resolve().parent / "conf"
@@ -209,37 +190,3 @@ def _reject_unknown_root_keys(cfg: DictConfig) -> None:
     except ConfigKeyError as error:
         key = getattr(error, "key", None) or str(error).split("'")[1]
         raise ConfigError(f"unknown config key '{key}'", "see `kdrun train --cfg job` for the valid keys") from None
-
-
-def optional_path(value: Optional[str]) -> Optional[Path]:
-    """A config path value as an absolute Path, or None when unset."""
-    return None if value in (None, "") else Path(str(value)).expanduser().resolve()
-
-
-# Model options whose builder passes every other key to the model (kdrun/models/custom.py, timm_models.py).
-OPEN_MODEL_OPTIONS = {"custom", "timm"}
-
-
-def open_group_overrides(overrides: list[str]) -> list[str]:
-    """`teacher.depth=3` with `teacher=custom` (or timm) becomes `++teacher.depth=3`.
-
-    Hydra closes every config node after composition, so a key that the option's YAML lacks needs `+`;
-    for a custom model the keys ARE its constructor's arguments, unknown to kdrun, so they may be typed
-    plainly. Keys the YAML defines (`_target_`, `weights`) and prefixed overrides stay as typed.
-    """
-    chosen = {group: value for group, _, value in (item.partition("=") for item in overrides)
-              if group in ("teacher", "student") and value in OPEN_MODEL_OPTIONS}
-    rewritten = []
-    for item in overrides:
-        key = item.partition("=")[0]
-        group, _, name = key.partition(".")
-        if group in chosen and name and item[:1] not in "+~" and name.split(".")[0] not in _option_keys(group, chosen[group]):
-            item = "++" + item
-        rewritten.append(item)
-    return rewritten
-
-
-def _option_keys(group: str, option: str) -> set[str]:
-    import yaml
-
-    return set(yaml.safe_load((config_dir() / group / f"{option}.yaml").read_text()) or {})

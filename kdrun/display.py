@@ -14,9 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from kdrun.training.loop import EpochRecord
+from kdrun.results import EpochRecord, Exports, PhaseSummary, RunSummary
 
-PHASE_LABELS = {"teacher": "teacher", "independent": "independent", "distilled": "distilled"}
 COMPRESSION_COLUMNS = ("non-zero", "MB", "CPU ms")  # shown when a run has compression stages
 
 
@@ -46,7 +45,7 @@ class ProgressDisplay:
     def phase_started(self, phase: str, epochs: int, steps_per_epoch: int) -> None:
         if self.enabled:
             self.progress.start()
-            self.tasks[phase] = self.progress.add_task(PHASE_LABELS.get(phase, phase), total=epochs * steps_per_epoch)
+            self.tasks[phase] = self.progress.add_task(phase, total=epochs * steps_per_epoch)
 
     def step_done(self, phase: str) -> None:
         if self.enabled:
@@ -61,27 +60,28 @@ class ProgressDisplay:
             self.progress.stop()
 
 
-def results_table(summary: dict[str, Any]) -> Table:
+def results_table(summary: RunSummary) -> Table:
     """Teacher / independent / distilled: test accuracy (best-val weights and last epoch), size, time."""
-    table = Table(title=f"kdrun: {summary.get('dataset', {}).get('name', '')} ({summary['status']})", title_justify="left")
-    compressed = any("latency_ms" in result for result in summary["phases"].values())
+    name = summary.dataset.name if summary.dataset is not None else ""
+    table = Table(title=f"kdrun: {name} ({summary.status})", title_justify="left")
+    compressed = any(result.compressed for result in summary.phases.values())
     columns = ("phase", "source", "test acc", "last epoch", "best epoch", "params", "time")
     for column in columns + (COMPRESSION_COLUMNS if compressed else ()):
         table.add_column(column, justify="left" if column in ("phase", "source") else "right", no_wrap=True)
-    for phase, result in summary["phases"].items():
+    for phase, result in summary.phases.items():
         table.add_row(
-            PHASE_LABELS.get(phase, phase),
-            result["source"],
-            f"{result['test_acc']:.4f}",
-            f"{result['test_acc_last']:.4f}",
-            "-" if result.get("best_epoch") is None else str(result["best_epoch"]),
-            f"{result['params']:,}",
-            f"{result['seconds']:.1f}s",
+            phase,
+            result.source,
+            f"{result.test_acc:.4f}",
+            f"{result.test_acc_last:.4f}",
+            "-" if result.best_epoch is None else str(result.best_epoch),
+            f"{result.params:,}",
+            f"{result.seconds:.1f}s",
             *(compression_cells(result) if compressed else ()),
         )
-    gap = summary.get("gap_recovered")
-    distilled = summary["phases"].get("distilled", {})
-    method = f"method {distilled['method']}, T={distilled['T']:g}, alpha={distilled['alpha']:g}; " if distilled else ""
+    gap = summary.gap_recovered
+    distilled = summary.phases.get("distilled")
+    method = f"method {distilled.method}, T={distilled.T:g}, alpha={distilled.alpha:g}; " if distilled else ""
     table.caption = (
         f"test acc: best-validation weights. {method}gap recovered: "
         + ("n/a" if gap is None else f"{gap:.2f}")
@@ -92,34 +92,35 @@ def results_table(summary: dict[str, Any]) -> Table:
     return table
 
 
-def compression_cells(result: dict[str, Any]) -> tuple[str, ...]:
+def compression_cells(result: PhaseSummary) -> tuple[str, ...]:
     """Non-zero parameters, size on disk (MB) and median CPU ms per batch; '-' for rows not measured (teacher)."""
-    if "latency_ms" not in result:
+    if not result.compressed:
         return ("-",) * len(COMPRESSION_COLUMNS)
-    return (f"{result['nonzero_params']:,}", f"{result['size_mb']:.3f}", f"{result['latency_ms']:.2f}")
+    return (f"{result.nonzero_params:,}", f"{result.size_mb:.3f}", f"{result.latency_ms:.2f}")
 
 
-def export_table(exports: dict[str, dict[str, dict[str, Any]]]) -> Table:
+def export_table(exports: Exports) -> Table:
     """One row per exported file: how closely it predicts like PyTorch, and how fast, on the CPU."""
     table = Table(title="exported students (checked on the test split)", title_justify="left")
     for column in ("phase", "format", "file", "max |diff|", "top-1 agree", "test acc", "CPU ms", "PyTorch ms"):
         table.add_column(column, justify="left" if column in ("phase", "format", "file") else "right", no_wrap=column != "file")
+    batch_sizes = set()
     for phase, by_format in exports.items():
         for name, check in by_format.items():
-            if check.get("error"):
-                table.add_row(phase, name, f"failed: {check['error'][:60]}", "-", "-", "-", "-", "-")  # whole: summary.json
+            if check.error or check.path is None:
+                table.add_row(phase, name, f"failed: {(check.error or '')[:60]}", "-", "-", "-", "-", "-")  # whole: summary.json
                 continue
-            table.add_row(phase, name, Path(check["path"]).name, f"{check['max_abs_diff']:.1e}", f"{check['top1_agreement']:.4f}",
-                          f"{check['test_acc_exported']:.4f}", f"{check['latency_ms_exported']:.3f}", f"{check['latency_ms_pytorch']:.3f}")
-    table.caption = "max |diff|: of the logits; CPU ms: median forward of a batch of " + ", ".join(sorted(
-        {str(check["latency_batch_size"]) for by_format in exports.values() for check in by_format.values() if not check.get("error")})) + " test input(s)"
+            batch_sizes.add(str(check.latency_batch_size))
+            table.add_row(phase, name, Path(check.path).name, f"{check.max_abs_diff:.1e}", f"{check.top1_agreement:.4f}",
+                          f"{check.test_acc_exported:.4f}", f"{check.latency_ms_exported:.3f}", f"{check.latency_ms_pytorch:.3f}")
+    table.caption = f"max |diff|: of the logits; CPU ms: median forward of a batch of {', '.join(sorted(batch_sizes))} test input(s)"
     table.caption_justify = "left"
     return table
 
 
-def print_results(summary: dict[str, Any], run_dir: Path, console: Console, file_log: logging.Logger) -> None:
+def print_results(summary: RunSummary, run_dir: Path, console: Console, file_log: logging.Logger) -> None:
     """Print the table(s) to stdout and their plain-text form into train.log."""
-    tables = [results_table(summary), *([export_table(summary["export"])] if summary.get("export") else [])]
+    tables = [results_table(summary), *([export_table(summary.export)] if summary.export else [])]
     plain = Console(file=io.StringIO(), width=130, color_system=None, legacy_windows=False)
     for table in tables:
         console.print(table)

@@ -13,11 +13,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from conftest import TINY, read_summary, run_kdrun
-from kdrun.config import open_group_overrides
+from kdrun.commands.hydra_app import open_group_overrides
 from kdrun.errors import ConfigError
 from kdrun.models import build_model
 from kdrun.models.custom import DATASET_PARAMETERS, dataset_arguments, locate
-from kdrun.models.identity import model_identity
+from kdrun.models.identity import architecture_identity
 
 NETS = '''
 from torch import nn
@@ -147,17 +147,17 @@ def test_identity_follows_target_args_weights_content_and_source(user_package, t
     weights = tmp_path / "w.safetensors"
     save_file({key: value.contiguous() for key, value in custom("mynets.nets.MyNet").state_dict().items()}, str(weights))
     options = {"_target_": "mynets.nets.MyNet", "width": 32, "weights": str(weights)}
-    first = model_identity("custom", options)
+    first = architecture_identity("custom", options)
     assert first["_target_"] == "mynets.nets.MyNet" and first["width"] == 32 and len(first["weights_sha256"]) == 64
-    assert model_identity("custom", {**options, "width": 16}) != first
-    assert model_identity("custom", {**options, "_target_": "mynets.nets.conv_net"}) != first
+    assert architecture_identity("custom", {**options, "width": 16}) != first
+    assert architecture_identity("custom", {**options, "_target_": "mynets.nets.conv_net"}) != first
     save_file({"other": torch.zeros(1)}, str(weights))  # same path, other content
-    second = model_identity("custom", options)
+    second = architecture_identity("custom", options)
     assert second["weights_sha256"] != first["weights_sha256"]
     nets = user_package / "mynets" / "nets.py"
     nets.write_text(nets.read_text() + "\n# edited\n")
-    assert model_identity("custom", options)["source_sha256"] != second["source_sha256"]
-    assert model_identity("mlp", {"hidden": [4]}) == {"name": "mlp", "hidden": [4]}  # built-in models: keys unchanged
+    assert architecture_identity("custom", options)["source_sha256"] != second["source_sha256"]
+    assert architecture_identity("mlp", {"hidden": [4]}) == {"name": "mlp", "hidden": [4]}  # built-in models: keys unchanged
 
 
 def test_plain_keys_of_an_open_model_group_become_additions():

@@ -10,7 +10,7 @@ import pytest
 from conftest import TINY, run_kdrun
 from kdrun.tracking import experiment_name, finish_trackers, open_trackers
 from kdrun.tracking.base import TrackedRun, Tracker, epoch_metrics, flat_params, summary_metrics
-from kdrun.training.loop import EpochRecord
+from kdrun.results import EpochRecord, RunSummary
 
 RECORD = EpochRecord("distilled", 3, {"ce": 0.5, "kd": 0.25}, 0.8, 0.7, 0.001, 4.0, 100.0, 1.5)
 
@@ -22,13 +22,23 @@ def test_epoch_metrics_are_per_phase_series():
 
 
 def test_summary_metrics_take_every_number_and_stay_apart_from_the_series():
-    summary = {"status": "completed", "gap_recovered": 0.5, "phases": {
-        "teacher": {"source": "cache", "test_acc": 0.9, "best_epoch": None, "seconds": 2.0},
-        "pruned": {"test_acc": 0.8, "latency_ms": 0.1, "weights": "/x"}},
-        "export": {"distilled": {"onnx": {"max_abs_diff": 1e-6, "path": "/y", "error": None}}}}
+    summary = RunSummary.from_json({"status": "completed", "run_dir": "/r", "phases": {
+        "teacher": {"source": "cache", "test_acc": 0.9, "test_acc_last": 0.9, "best_epoch": None, "best_val_acc": 0.8,
+                    "params": 10, "seconds": 2.0},
+        "independent": {"source": "trained", "test_acc": 0.7, "test_acc_last": 0.6, "best_epoch": 2, "best_val_acc": 0.7,
+                        "params": 5, "seconds": 1.0},
+        "distilled": {"source": "trained", "test_acc": 0.8, "test_acc_last": 0.8, "best_epoch": 3, "best_val_acc": 0.75,
+                      "params": 5, "seconds": 1.0, "weights": "/x", "T": 4.0}},
+        "export": {"distilled": {"onnx": {"max_abs_diff": 1e-6, "path": "/y", "format": "onnx", "error": None}}}})
     assert summary_metrics(summary) == {
-        "summary/teacher/test_acc": 0.9, "summary/teacher/seconds": 2.0, "summary/pruned/test_acc": 0.8,
-        "summary/pruned/latency_ms": 0.1, "summary/export/distilled/onnx/max_abs_diff": 1e-6, "summary/gap_recovered": 0.5}
+        "summary/teacher/test_acc": 0.9, "summary/teacher/test_acc_last": 0.9, "summary/teacher/best_val_acc": 0.8,
+        "summary/teacher/params": 10.0, "summary/teacher/seconds": 2.0,
+        "summary/independent/test_acc": 0.7, "summary/independent/test_acc_last": 0.6, "summary/independent/best_epoch": 2.0,
+        "summary/independent/best_val_acc": 0.7, "summary/independent/params": 5.0, "summary/independent/seconds": 1.0,
+        "summary/distilled/test_acc": 0.8, "summary/distilled/test_acc_last": 0.8, "summary/distilled/best_epoch": 3.0,
+        "summary/distilled/best_val_acc": 0.75, "summary/distilled/params": 5.0, "summary/distilled/seconds": 1.0,
+        "summary/distilled/T": 4.0, "summary/export/distilled/onnx/max_abs_diff": 1e-6,
+        "summary/gap_recovered": pytest.approx(0.5)}
     assert not set(summary_metrics(summary)) & set(epoch_metrics(RECORD))
 
 
@@ -38,6 +48,10 @@ def test_params_are_dotted_and_the_experiment_is_one_per_sweep():
     assert experiment_name(None, None) == "kdrun"
     assert experiment_name(None, Path("/x/outputs/multirun/2026-01-02/03-04-05")) == "kdrun/2026-01-02/03-04-05"
     assert experiment_name("mine", Path("/x/y/z")) == "mine"
+
+
+def ended(status: str, run_dir: Path) -> RunSummary:
+    return RunSummary(status, str(run_dir), 0, [], {})
 
 
 class Recording(Tracker):
@@ -57,8 +71,8 @@ class Recording(Tracker):
             raise ConnectionError("tracking server went away")
         self.calls.append(f"epoch {phase} {epoch}")
 
-    def finish_run(self, summary: dict) -> None:
-        self.calls.append(f"finish {summary['status']}")
+    def finish_run(self, summary: RunSummary) -> None:
+        self.calls.append(f"finish {summary.status}")
 
 
 def test_a_tracker_starts_at_its_first_event_and_not_at_all_for_a_run_that_never_started(tmp_path):
@@ -68,7 +82,7 @@ def test_a_tracker_starts_at_its_first_event_and_not_at_all_for_a_run_that_never
     busy = Recording(TrackedRun(tmp_path, "kdrun", {}))
     busy.phase_started("distilled", 3, 10)
     busy.epoch_done(RECORD)
-    busy.finish({"status": "completed"})
+    busy.finish(ended("completed", tmp_path))
     assert busy.calls == ["start", "epoch distilled 3", "finish completed"] and busy.run_id == "id-1"
 
 
@@ -76,7 +90,7 @@ def test_a_failing_backend_is_switched_off_with_a_warning_and_the_run_goes_on(tm
     tracker = Recording(TrackedRun(tmp_path, "kdrun", {}), fail_on_epoch=True)
     tracker.epoch_done(RECORD)  # raises inside: must not reach the training loop
     tracker.epoch_done(RECORD)
-    tracker.finish({"status": "completed"})
+    tracker.finish(ended("completed", tmp_path))
     assert tracker.calls == ["start"] and not tracker.enabled
     assert [record.getMessage() for record in caplog.records if record.levelname == "WARNING"] == [
         "recording: logging stopped (ConnectionError: tracking server went away); the run's own files are complete"]
@@ -99,12 +113,10 @@ def test_resumed_run_continues_the_same_mlflow_run(tmp_path, monkeypatch):
     options = {"mlflow": {"uri": str(tmp_path / "mlruns")}}
     (first,) = open_trackers(["mlflow"], options, {"T": 4.0}, tmp_path / "run")
     first.epoch_done(RECORD)
-    (tmp_path / "run" / "summary.json").write_text('{"status": "interrupted", "phases": {}}')
-    finish_trackers([first], tmp_path / "run")
+    finish_trackers([first], ended("interrupted", tmp_path / "run"))
     (again,) = open_trackers(["mlflow"], options, {"T": 4.0}, tmp_path / "run", resume=True)
     again.epoch_done(EpochRecord("distilled", 4, {"ce": 0.4}, 0.9, 0.8, 0.001, 4.0, 100.0, 1.5))
-    (tmp_path / "run" / "summary.json").write_text('{"status": "completed", "phases": {}}')
-    finish_trackers([again], tmp_path / "run")
+    finish_trackers([again], ended("completed", tmp_path / "run"))
     assert again.run_id == first.run_id
     history = again.client.get_metric_history(first.run_id, "distilled/val_acc")
     assert [(item.step, item.value) for item in history] == [(3, 0.7), (4, 0.8)]

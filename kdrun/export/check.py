@@ -5,38 +5,17 @@ file is only as good as its agreement with the model it came from: the largest a
 of the logits and the share of inputs whose top-1 class is the same, over `check_samples` inputs of
 the test split (normalised as in training). CPU latency of both sides is the median of several timed
 forwards after warm-up (compression.measure.median_ms, as for the compression stages), same threads.
+The record of each file is kdrun.results.ExportResult.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Iterable, Optional
+from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 
 from kdrun.export.formats import Predictor
-
-
-@dataclass
-class ExportCheck:
-    """One exported file against its PyTorch model; the numbers summary.json records."""
-
-    path: str
-    format: str
-    size_mb: float
-    checked_samples: int
-    max_abs_diff: float
-    top1_agreement: float
-    test_acc_exported: float  # accuracy of the file on the checked inputs (same inputs as below)
-    test_acc_pytorch: float
-    latency_batch_size: int
-    latency_ms_pytorch: float
-    latency_ms_exported: float
-    export_seconds: float
-    error: Optional[str] = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass

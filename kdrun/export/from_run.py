@@ -1,4 +1,4 @@
-"""From a run's config and files to the exporter's plain values: which students, which test inputs.
+"""From a run's settings and files to the exporter's plain values: which students, which test inputs.
 
 Both the export stage at the end of `kdrun train export=[onnx]` and `kdrun export RUN_DIR` read the
 students back from the run's own weight files (distilled.safetensors, and pruned.safetensors /
@@ -9,38 +9,32 @@ best-validation distilled student and each compressed version of it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
-from omegaconf import DictConfig
 from torch import nn
 
 from kdrun.data import DataSplits
 from kdrun.data.streaming import in_order_batches
 from kdrun.errors import ConfigError
-from kdrun.export.runner import DataDescription, ExportSettings, check_settings, export_formats, export_students
+from kdrun.export.runner import DataDescription, check_settings, export_formats, export_students
 from kdrun.files import load_weights
-from kdrun.training.from_config import model_from_group
+from kdrun.results import Exports, PhaseSummary
+from kdrun.training.from_config import build_architecture
+from kdrun.training.settings import ExportSettings, ModelSpec
 
 EXPORT_DIR = "export"  # inside the run dir
 
 
-def settings_from(cfg: DictConfig, formats: list[str] | None = None) -> ExportSettings:
-    check = cfg.export_check
-    return ExportSettings(list(formats if formats is not None else cfg.export), int(check.samples),
-                          int(check.latency_batch_size), int(check.latency_repeats))
-
-
-def check_export(cfg: DictConfig) -> None:
+def check_export(settings: ExportSettings) -> None:
     """Before training: known formats, their packages installed, sane check settings."""
-    settings = settings_from(cfg)
     export_formats(settings.formats)
     check_settings(settings)
 
 
-def exported_phases(phases: dict[str, dict[str, Any]]) -> list[str]:
+def exported_phases(phases: dict[str, PhaseSummary]) -> list[str]:
     """The distilled student and the compression stages' results (rows whose source is 'from <phase>')."""
-    return [phase for phase, row in phases.items() if phase == "distilled" or str(row.get("source", "")).startswith("from ")]
+    return [phase for phase, row in phases.items() if phase == "distilled" or str(row.source).startswith("from ")]
 
 
 def load_float(path: Path, student: nn.Module) -> nn.Module:
@@ -57,12 +51,12 @@ def load_int8(path: Path, student: nn.Module) -> nn.Module:
 LOADERS: dict[str, Callable[[Path, nn.Module], nn.Module]] = {".safetensors": load_float, ".pt": load_int8}
 
 
-def students_from_files(phases: dict[str, dict[str, Any]], new_student: Callable[[], nn.Module]) -> dict[str, nn.Module]:
+def students_from_files(phases: dict[str, PhaseSummary], new_student: Callable[[], nn.Module]) -> dict[str, nn.Module]:
     """phase -> the student rebuilt on the CPU and loaded from the weights file its row names."""
     students = {}
     for phase in exported_phases(phases):
-        path = Path(phases[phase]["weights"])
-        if not path.is_file():
+        path = Path(str(phases[phase].weights))
+        if phases[phase].weights is None or not path.is_file():
             raise ConfigError(f"the {phase} student's weights {path} are missing", "export a complete run, or run it again")
         students[phase] = LOADERS[path.suffix](path, new_student()).eval()
     return students
@@ -82,12 +76,11 @@ def test_examples(data: DataSplits, limit: int, seed: int) -> tuple[torch.Tensor
     return torch.cat(inputs)[:limit], torch.cat(targets)[:limit]
 
 
-def export_run(cfg: DictConfig, data: DataSplits, phases: dict[str, dict[str, Any]], run_dir: Path,
-               formats: list[str] | None = None) -> dict[str, dict[str, dict]]:
+def export_run(settings: ExportSettings, student: ModelSpec, data: DataSplits, phases: dict[str, PhaseSummary],
+               run_dir: Path, seed: int) -> Exports:
     """Export the run's students to <run_dir>/export/ and check them on its test split; phase -> format -> record."""
-    settings = settings_from(cfg, formats)
     check_settings(settings)
-    students = students_from_files(phases, lambda: model_from_group(cfg.student, data))
-    inputs, targets = test_examples(data, settings.check_samples, int(cfg.seed))
+    students = students_from_files(phases, lambda: build_architecture(student, data))
+    inputs, targets = test_examples(data, settings.check_samples, seed)
     description = DataDescription(list(data.mean), list(data.std), list(data.class_names))
     return export_students(students, inputs, targets, settings, run_dir / EXPORT_DIR, description)

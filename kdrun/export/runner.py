@@ -21,20 +21,14 @@ from torch import nn
 from kdrun import __version__
 from kdrun.compression.measure import median_ms, size_mb
 from kdrun.errors import ConfigError, exception_line
-from kdrun.export.check import ExportCheck, agreement
+from kdrun.export.check import agreement
 from kdrun.export.formats import FORMATS, ExportFormat, inference
+from kdrun.results import ExportResult, Exports
+from kdrun.training.settings import ExportSettings
 
 log = logging.getLogger("kdrun")
 
 CHECK_BATCH = 256  # inputs per comparison call
-
-
-@dataclass
-class ExportSettings:
-    formats: list[str]
-    check_samples: int  # test inputs compared between PyTorch and the file
-    latency_batch_size: int
-    latency_repeats: int
 
 
 def export_formats(names: list[str]) -> dict[str, ExportFormat]:
@@ -85,8 +79,8 @@ class DataDescription:
 
 
 def export_students(models: dict[str, nn.Module], inputs: torch.Tensor, targets: torch.Tensor, settings: ExportSettings,
-                    directory: Path, data: DataDescription) -> dict[str, dict[str, dict]]:
-    """phase -> format -> ExportCheck as a dict; files land in `directory` as <phase><suffix>.
+                    directory: Path, data: DataDescription) -> Exports:
+    """phase -> format -> ExportResult; files land in `directory` as <phase><suffix>.
 
     `inputs` are test images in [0, 1] (not normalised): each file and its PyTorch reference get them
     through the same Normalised wrapper.
@@ -94,7 +88,7 @@ def export_students(models: dict[str, nn.Module], inputs: torch.Tensor, targets:
     formats = export_formats(settings.formats)
     latency_inputs = repeated(inputs, settings.latency_batch_size)
     threads = torch.get_num_threads()
-    results: dict[str, dict[str, dict]] = {}
+    results: Exports = {}
     for phase, student in models.items():
         model = Normalised(student, data.mean, data.std).eval()
         reference = inference(model)
@@ -107,18 +101,18 @@ def export_students(models: dict[str, nn.Module], inputs: torch.Tensor, targets:
                 exported = exporter.load(path, threads)
             except Exception as error:  # noqa: BLE001 - exporters raise many types for what they cannot express
                 reason = exception_line(root_cause(error), 300)
-                results.setdefault(phase, {})[name] = {"path": None, "format": name, "error": reason}
+                results.setdefault(phase, {})[name] = ExportResult(None, name, error=reason)
                 log.warning("export: %s as %s failed (%s)", phase, name, reason)
                 path.unlink(missing_ok=True)
                 continue
             seconds = time.perf_counter() - started
             match = agreement(reference, exported, pairs(inputs, targets))
-            check = ExportCheck(
-                str(path), name, size_mb(path), match.samples, match.max_abs_diff, match.top1_agreement,
+            check = ExportResult(
+                str(path), name, None, size_mb(path), match.samples, match.max_abs_diff, match.top1_agreement,
                 match.accuracy_exported, match.accuracy_pytorch, len(latency_inputs), latency_pytorch,
                 median_ms(exported, latency_inputs, settings.latency_repeats), seconds,
             )
-            results.setdefault(phase, {})[name] = check.to_dict()
+            results.setdefault(phase, {})[name] = check
             log.info("export: %s -> %s: max |diff| %.2e, top-1 agreement %.4f on %d test inputs; "
                      "CPU latency %.3f ms (PyTorch %.3f ms), batch %d", phase, path.name, check.max_abs_diff,
                      check.top1_agreement, check.checked_samples, check.latency_ms_exported, check.latency_ms_pytorch,

@@ -15,7 +15,7 @@ from kdrun.files import sha256_of
 from kdrun.models.registry import MODELS
 
 
-def model_identity(name: str, options: dict[str, Any]) -> dict[str, Any]:
+def architecture_identity(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """The model part of a cache key: name, options, and the hashes of what the options point at."""
     identity: dict[str, Any] = {"name": name, **options}
     weights = options.get("weights")

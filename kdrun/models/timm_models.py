@@ -80,7 +80,8 @@ def build_timm(input_shape: tuple[int, int, int], num_classes: int, /, model: st
     except OSError as error:  # no network, no hub cache entry (huggingface_hub's errors are OSErrors)
         if weights == HUB:
             raise ConfigError(f"cannot download timm's {model} weights ({exception_line(error, 120)})", download_hint(timm, model)) from None
-        raise ConfigError(f"{what}: weights {weights} are unreadable ({exception_line(error, 120)})", "pass a .safetensors or state_dict file") from None
+        raise ConfigError(f"{what}: weights {weights} are unreadable ({exception_line(error, 120)})",
+                          "pass a .safetensors or state_dict file") from None
     except Exception as error:  # noqa: BLE001 - timm raises TypeError/RuntimeError/AssertionError on bad arguments or files
         shown = ", ".join(f"{key}={value}" for key, value in sorted(arguments.items()))
         source = f" with weights {weights}" if weights not in (None, "", "none") else ""

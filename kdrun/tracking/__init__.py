@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from kdrun.errors import ConfigError
 from kdrun.files import write_json_atomic
+from kdrun.results import RunSummary
 from kdrun.tracking import mlflow_log, wandb_log  # noqa: F401 - registers the backends
 from kdrun.tracking.base import TRACKERS, TrackedRun, Tracker
 
@@ -42,10 +43,8 @@ def open_trackers(names: list[str], options: dict[str, Any], params: dict[str, A
     return trackers
 
 
-def finish_trackers(trackers: list[Tracker], run_dir: Path) -> None:
-    """Close every tracker with summary.json as the run left it (none: the run never started)."""
-    path = run_dir / "summary.json"
-    summary = json.loads(path.read_text()) if path.is_file() else None
+def finish_trackers(trackers: Sequence[Tracker], summary: Optional[RunSummary]) -> None:
+    """Close every tracker with the run's summary (None: the run never started)."""
     for tracker in trackers:
         tracker.finish(summary)
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 from kdrun.errors import ConfigError, exception_line
 from kdrun.registry import Registry
-from kdrun.training.loop import EpochRecord
+from kdrun.results import EpochRecord, RunSummary
 
 log = logging.getLogger("kdrun")
 
@@ -67,11 +67,11 @@ class Tracker:
         pass
 
     # -- end of the run -----------------------------------------------------------------------------
-    def finish(self, summary: Optional[dict[str, Any]]) -> None:
+    def finish(self, summary: Optional[RunSummary]) -> None:
         """Log the summary and the files, close the run with the run's status; no summary: the run never started."""
         if summary is None and self.run_id is None:
             return
-        self.guarded(self.finish_run, summary or {"status": "failed"})
+        self.guarded(self.finish_run, summary or RunSummary("failed", str(self.run.run_dir), None, [], {}))
 
     # -- helpers ------------------------------------------------------------------------------------
     def guarded(self, call: Callable[..., None], *arguments: Any) -> None:
@@ -97,7 +97,7 @@ class Tracker:
     def log_epoch(self, phase: str, epoch: int, metrics: dict[str, float]) -> None:
         raise NotImplementedError
 
-    def finish_run(self, summary: dict[str, Any]) -> None:
+    def finish_run(self, summary: RunSummary) -> None:
         raise NotImplementedError
 
 
@@ -118,13 +118,14 @@ def epoch_metrics(record: EpochRecord) -> dict[str, float]:
     return metrics
 
 
-def summary_metrics(summary: dict[str, Any]) -> dict[str, float]:
+def summary_metrics(summary: RunSummary) -> dict[str, float]:
     """Every number of summary.json's phases and exports, as `summary/<phase>/<field>` (apart from the
     per-epoch series: `<phase>/seconds` is an epoch's time, `summary/<phase>/seconds` the phase's)."""
-    metrics = dict(numeric_leaves(summary.get("phases", {}), "summary/"))
-    metrics.update(numeric_leaves(summary.get("export", {}), "summary/export/"))
-    if isinstance(summary.get("gap_recovered"), (int, float)):
-        metrics["summary/gap_recovered"] = float(summary["gap_recovered"])
+    written = summary.to_json()
+    metrics = dict(numeric_leaves(written["phases"], "summary/"))
+    metrics.update(numeric_leaves(written.get("export", {}), "summary/export/"))
+    if summary.gap_recovered is not None:
+        metrics["summary/gap_recovered"] = float(summary.gap_recovered)
     return metrics
 
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from filelock import FileLock
 
-from kdrun.tracking.base import STATUS, TRACKERS, require, TrackedRun, Tracker, flat_params, now_ms, run_files, summary_metrics
+from kdrun.results import RunSummary
+from kdrun.tracking.base import STATUS, TRACKERS, TrackedRun, Tracker, flat_params, now_ms, require, run_files, summary_metrics
 
 MLFLOW_STATUS = {0: "FINISHED", 1: "FAILED", 130: "KILLED"}
 
@@ -79,12 +80,12 @@ class MlflowLog(Tracker):
         stamp = now_ms()
         self.client.log_batch(self.run_id, metrics=[Metric(key, value, stamp, epoch) for key, value in metrics.items()])
 
-    def finish_run(self, summary: dict[str, Any]) -> None:
+    def finish_run(self, summary: RunSummary) -> None:
         from mlflow.entities import Metric, RunTag
 
         stamp = now_ms()
         metrics = [Metric(key, value, stamp, 0) for key, value in summary_metrics(summary).items()]
-        tags = [RunTag("kdrun.status", str(summary.get("status"))), *([RunTag("kdrun.error", summary["error"][:5000])] if summary.get("error") else [])]
+        tags = [RunTag("kdrun.status", summary.status), *([RunTag("kdrun.error", summary.error[:5000])] if summary.error else [])]
         for start in range(0, max(len(metrics), 1), 1000):
             self.client.log_batch(self.run_id, metrics=metrics[start:start + 1000], tags=tags if start == 0 else [])
         files, folders = run_files(self.run.run_dir)
@@ -92,4 +93,4 @@ class MlflowLog(Tracker):
             self.client.log_artifact(self.run_id, str(path))
         for folder in folders:
             self.client.log_artifacts(self.run_id, str(folder), artifact_path=folder.name)
-        self.client.set_terminated(self.run_id, MLFLOW_STATUS[STATUS.get(str(summary.get("status")), 1)])
+        self.client.set_terminated(self.run_id, MLFLOW_STATUS[STATUS.get(summary.status, 1)])

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from kdrun.errors import ConfigError
-from kdrun.tracking.base import STATUS, TRACKERS, require, TrackedRun, Tracker, run_files, summary_metrics
+from kdrun.results import RunSummary
+from kdrun.tracking.base import STATUS, TRACKERS, TrackedRun, Tracker, require, run_files, summary_metrics
 
 MODES = ("offline", "online", "disabled")
 
@@ -50,10 +51,10 @@ class WandbLog(Tracker):
     def log_epoch(self, phase: str, epoch: int, metrics: dict[str, float]) -> None:
         self.handle.log({f"{phase}/epoch": epoch, **metrics})
 
-    def finish_run(self, summary: dict[str, Any]) -> None:
+    def finish_run(self, summary: RunSummary) -> None:
         import wandb
 
-        self.handle.summary.update({**summary_metrics(summary), "status": summary.get("status"), "error": summary.get("error", "")})
+        self.handle.summary.update({**summary_metrics(summary), "status": summary.status, "error": summary.error or ""})
         files, folders = run_files(self.run.run_dir)
         artifact = wandb.Artifact(name=f"kdrun-{self.handle.id}", type="kdrun-run", metadata={"run_dir": str(self.run.run_dir)})
         for path in files:
@@ -62,4 +63,4 @@ class WandbLog(Tracker):
             for path in sorted(item for item in folder.rglob("*") if item.is_file()):
                 artifact.add_file(str(path), name=str(path.relative_to(self.run.run_dir)))
         self.handle.log_artifact(artifact)
-        self.handle.finish(exit_code=STATUS.get(str(summary.get("status")), 1))
+        self.handle.finish(exit_code=STATUS.get(summary.status, 1))
