@@ -11,8 +11,9 @@ from torch import nn
 from conftest import TINY, read_summary, run_kdrun
 from kdrun.errors import ConfigError
 from kdrun.export.check import agreement
-from kdrun.export.runner import DataDescription, ExportSettings, export_formats, export_students
+from kdrun.export.runner import DataDescription, export_formats, export_students
 from kdrun.models import build_model
+from kdrun.training.settings import ExportSettings
 
 pytest.importorskip("onnxruntime")  # the test extra installs kdrun[export]
 
@@ -44,10 +45,10 @@ def test_onnx_and_torch_export_files_predict_like_pytorch(tmp_path, name, option
     results = export_students({"distilled": model}, inputs, targets, settings("onnx", "torch_export"), tmp_path, DATA)
     for fmt, suffix in (("onnx", ".onnx"), ("torch_export", ".pt2")):
         check = results["distilled"][fmt]
-        assert check["path"] == str(tmp_path / f"distilled{suffix}") and check["error"] is None
-        assert check["checked_samples"] == 40 and check["top1_agreement"] == 1.0 and check["max_abs_diff"] < 1e-4
-        assert check["test_acc_exported"] == check["test_acc_pytorch"] and check["latency_batch_size"] == 3
-        assert check["latency_ms_exported"] > 0 and check["latency_ms_pytorch"] > 0 and check["size_mb"] > 0
+        assert check.path == str(tmp_path / f"distilled{suffix}") and check.error is None
+        assert check.checked_samples == 40 and check.top1_agreement == 1.0 and check.max_abs_diff < 1e-4
+        assert check.test_acc_exported == check.test_acc_pytorch and check.latency_batch_size == 3
+        assert check.latency_ms_exported > 0 and check.latency_ms_pytorch > 0 and check.size_mb > 0
     import onnxruntime  # independently of kdrun's loader: another batch size (the batch axis is dynamic)
 
     session = onnxruntime.InferenceSession(str(tmp_path / "distilled.onnx"), providers=["CPUExecutionProvider"])
@@ -83,7 +84,7 @@ def test_a_file_that_predicts_otherwise_is_caught_by_the_check(tmp_path, monkeyp
     monkeypatch.setattr(Onnx, "write", write_a_changed_copy)
     inputs, targets = torch.rand(40, 1, 8, 8), torch.randint(0, 5, (40,))
     check = export_students({"distilled": model}, inputs, targets, settings("onnx"), tmp_path, DATA)["distilled"]["onnx"]
-    assert check["max_abs_diff"] == pytest.approx(0.5, abs=1e-5)
+    assert check.max_abs_diff == pytest.approx(0.5, abs=1e-5)
 
 
 class NotExportable(nn.Module):
@@ -101,9 +102,9 @@ def test_a_model_a_format_cannot_express_is_recorded_and_the_others_still_export
     inputs, targets = torch.randn(10, 1, 8, 8), torch.randint(0, 3, (10,))
     plain = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
     results = export_students({"distilled": plain, "odd": NotExportable()}, inputs, targets, settings("torch_export"), tmp_path, DATA)
-    assert results["odd"]["torch_export"]["path"] is None and results["odd"]["torch_export"]["error"]
+    assert results["odd"]["torch_export"].path is None and results["odd"]["torch_export"].error
     assert not (tmp_path / "odd.pt2").exists() and not list(tmp_path.glob(".*"))  # no partial or temp file
-    assert results["distilled"]["torch_export"]["top1_agreement"] == 1.0
+    assert results["distilled"]["torch_export"].top1_agreement == 1.0
 
 
 def test_unknown_or_repeated_formats_are_config_errors():
