@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, run_kdrun
+from kdrun.results import EpochRecord, RunSummary
 from kdrun.tracking import experiment_name, finish_trackers, open_trackers
 from kdrun.tracking.base import TrackedRun, Tracker, epoch_metrics, flat_params, summary_metrics
-from kdrun.results import EpochRecord, RunSummary
 
 RECORD = EpochRecord("distilled", 3, {"ce": 0.5, "kd": 0.25}, 0.8, 0.7, 0.001, 4.0, 100.0, 1.5)
 
