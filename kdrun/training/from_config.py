@@ -57,9 +57,8 @@ def export_settings(cfg: DictConfig, formats: Optional[list[str]] = None) -> Exp
 
 
 def tracking_settings(cfg: DictConfig) -> TrackingSettings:
-    params = OmegaConf.to_container(cfg, resolve=True)
-    params.pop("hydra", None)
-    return TrackingSettings(list(cfg.track), plain(cfg.tracking), params)
+    """track=[...] and tracking.*; a tracker logs the whole resolved config as the run's params."""
+    return TrackingSettings(list(cfg.track), plain(cfg.tracking), resolved(cfg))
 
 
 def model_spec(options: dict[str, Any]) -> ModelSpec:
@@ -100,9 +99,14 @@ def plain(node: Any) -> dict[str, Any]:
 
 def recorded_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as flat JSON-able values, without the keys a resume may change."""
+    return {key: value for key, value in _flatten(resolved(cfg)) if key not in NOT_RECORDED}
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The whole config as plain nested values, without Hydra's own node."""
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("hydra", None)
-    return {key: value for key, value in _flatten(config) if key not in NOT_RECORDED}
+    return config
 
 
 def _flatten(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
