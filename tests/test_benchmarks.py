@@ -7,7 +7,9 @@ from kdrun's own config files.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -108,3 +110,58 @@ def test_every_benchmark_preset_runs_one_tiny_step(tmp_path: Path):
         assert teacher_lrs == [] or teacher_lrs == pytest.approx([0.05, 0.005])  # x0.1 after milestone epoch 1
     assert {teacher: sources.count("trained") for teacher, sources in teacher_sources.items()} == dict.fromkeys(
         {pair[0] for pair in PAIRS.values()}, 1)
+
+
+def load_table_script():
+    spec = importlib.util.spec_from_file_location("cifar100_table", REPO / "scripts" / "cifar100_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_run(out: Path, preset: str, seed: int, status: str, accuracies: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> None:
+    directory = out / preset / f"seed_{seed}"
+    directory.mkdir(parents=True)
+    phases = {phase: {"test_acc": value} for phase, value in zip(("teacher", "independent", "distilled"), accuracies)}
+    (directory / "summary.json").write_text(json.dumps({"status": status, "phases": phases}))
+
+
+def test_table_script_fills_the_measured_columns_from_completed_runs_only(tmp_path: Path):
+    table = load_table_script()
+    out, doc = tmp_path / "out", tmp_path / "benchmarks.md"
+    doc.write_text(f"intro\n{table.BEGIN}\nold table\n{table.END}\noutro\n")
+    write_run(out, "cifar100_vgg13_vgg8_dkd", 0, "completed", (0.7464, 0.7036, 0.7400))
+    write_run(out, "cifar100_vgg13_vgg8_dkd", 1, "completed", (0.7464, 0.7100, 0.7500))
+    write_run(out, "cifar100_vgg13_vgg8_dkd", 2, "failed", (0.1, 0.1, 0.1))
+    write_run(out, "cifar100_resnet56_resnet20", 0, "completed", (0.72, 0.69, 0.7066))
+    table.fill(out, doc)
+    text = doc.read_text()
+    assert text.startswith(f"intro\n{table.BEGIN}\n| teacher") and text.endswith(f"{table.END}\noutro\n") and "old table" not in text
+    rows = {line.split("`")[1].split()[2]: line for line in text.splitlines() if line.startswith("| ") and "`" in line}
+    assert len(rows) == 12
+    # 74.00 and 75.00: mean 74.50, sample std 0.7071
+    assert rows["experiment=cifar100_vgg13_vgg8_dkd"].endswith("| 74.64 ± 0.00 (2 seeds) | 70.68 ± 0.45 (2 seeds) | 74.50 ± 0.71 (2 seeds) |")
+    assert "74.64 / 70.36 / **74.68**" in rows["experiment=cifar100_vgg13_vgg8_dkd"]
+    assert rows["experiment=cifar100_resnet56_resnet20"].endswith("| 72.00 (1 seed) | 69.00 (1 seed) | 70.66 (1 seed) |")
+    assert rows["experiment=cifar100_vgg13_vgg8"].endswith("| not run | not run | not run |")
+
+
+def test_table_script_skips_finished_runs_resumes_interrupted_ones_and_stops_on_bad_input(tmp_path: Path, monkeypatch):
+    table = load_table_script()
+    out, commands, exit_codes = tmp_path / "out", [], {}
+    write_run(out, "cifar100_resnet32x4_resnet8x4", 0, "completed")
+    write_run(out, "cifar100_resnet32x4_resnet8x4_dkd", 0, "interrupted")
+
+    def fake_run(command, cwd):
+        commands.append(command)
+        return subprocess.CompletedProcess(command, exit_codes.get(len(commands), 0))
+
+    monkeypatch.setattr(table.subprocess, "run", fake_run)
+    assert table.run_all("/data", [0], out, ["device=cuda"]) == 0
+    presets = [next(item for item in command if item.startswith("experiment=")) for command in commands]
+    assert len(commands) == 11 and "experiment=cifar100_resnet32x4_resnet8x4" not in presets
+    assert commands[0][-2:] == ["device=cuda", "resume=true"] and all("resume=true" not in command for command in commands[1:])
+    assert f"hydra.run.dir={out / 'cifar100_resnet56_resnet20' / 'seed_0'}" in commands[1]
+    commands.clear()
+    exit_codes.update({2: 1, 3: table.BAD_INPUT})  # a failed run goes on, bad input stops the table
+    assert table.run_all("/data", [1], out, []) == 2 and len(commands) == 3
