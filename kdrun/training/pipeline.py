@@ -191,7 +191,7 @@ class Run:
                 "batch_size": cfg.batch_size,
                 "optimizer": plain(cfg.optimizer),
                 "scheduler": plain(cfg.scheduler) if cfg.scheduler is not None else None,
-                "augment": cfg.dataset.get("augment"),
+                "augment": plain(cfg.dataset).get("augment"),  # a name, or {name: shift, pixels: 2}
                 "normalisation": [self.data.mean, self.data.std],
                 "precision": str(self.speed.autocast_dtype or "float32"),  # bf16 training gives other weights
                 "fast_dropout": self.speed.fast_dropout,  # other dropout masks, other weights
