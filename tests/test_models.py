@@ -62,3 +62,10 @@ def test_cifar_vgg_pools_before_the_last_block_only_from_64_pixels(size: int, po
     model(torch.zeros(1, 3, size, size))
     hook.remove()
     assert seen == [size // 2**pooled]
+
+
+def test_lenet5_has_lenet5s_layers_at_28x28():
+    """By hand: conv 1*6*25+6, conv 6*16*25+16, fc (16*7*7)*120+120, 120*84+84, 84*10+10."""
+    model = build_model("lenet5", (1, 28, 28), 10)
+    assert count_parameters(model) == 156 + 2_416 + 94_200 + 10_164 + 850
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
