@@ -21,6 +21,17 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = ["teacher_epochs=2", "student_epochs=2", "trainer.progress=false"]
 
 
+def compose_config(*overrides: str):
+    """kdrun's composed config, in process (as `kdrun train --cfg job` shows it), for config-only tests."""
+    from hydra import compose, initialize_config_dir
+
+    from kdrun.config import config_dir, register_schema
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
 def kdrun_env(extra_env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a kdrun subprocess: this checkout first on the path, no inherited HYDRA_FULL_ERROR."""
     env = {key: value for key, value in os.environ.items() if key not in ("HYDRA_FULL_ERROR", "KDRUN_USER_HYDRA_FULL_ERROR")}

@@ -14,11 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from torch import nn
 
-from conftest import REPO, read_metrics, run_kdrun, write_cifar100
-from kdrun.config import config_dir, register_schema
+from conftest import REPO, compose_config, read_metrics, run_kdrun, write_cifar100
 from kdrun.methods import METHODS, FrozenTeacher
 from kdrun.training.from_config import make_factory, plain
 
@@ -36,9 +34,7 @@ DECAY_EPOCHS, DECAY_RATE = (150, 180, 210), 0.1
 
 
 def compose_preset(preset: str, *overrides: str):
-    register_schema()
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=[f"experiment={preset}", *overrides])
+    return compose_config(f"experiment={preset}", *overrides)
 
 
 def method_weights(cfg) -> dict[str, float]:
