@@ -69,3 +69,10 @@ def test_lenet5_has_lenet5s_layers_at_28x28():
     model = build_model("lenet5", (1, 28, 28), 10)
     assert count_parameters(model) == 156 + 2_416 + 94_200 + 10_164 + 850
     assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_mlp_layer_paths_do_not_depend_on_dropout(dropout: float):
+    """The feature methods tap "5", the second hidden ReLU, in the default (no dropout) and R4 (0.5) MLPs."""
+    layers = dict(build_model("mlp", (1, 8, 8), 10, hidden=[20, 20], dropout=dropout).named_modules())
+    assert isinstance(layers["5"], torch.nn.ReLU) and layers["4"].out_features == 20 and layers["7"].out_features == 10

@@ -15,6 +15,7 @@ from typing import Sequence
 from torch import nn
 
 from kdrun.errors import ConfigError
+from kdrun.models.mlp import classifier_layers
 from kdrun.models.registry import MODELS
 
 
@@ -33,12 +34,4 @@ def lenet5(input_shape: tuple[int, int, int], num_classes: int, channels: Sequen
     for out_channels in convolutions:
         layers += [nn.Conv2d(in_channels, out_channels, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(2, ceil_mode=True)]
         in_channels, height, width = out_channels, math.ceil(height / 2), math.ceil(width / 2)
-    layers.append(nn.Flatten())
-    features = in_channels * height * width
-    for hidden_width in widths:
-        layers += [nn.Linear(features, hidden_width), nn.ReLU(inplace=True)]
-        if dropout > 0:
-            layers.append(nn.Dropout(dropout))
-        features = hidden_width
-    layers.append(nn.Linear(features, num_classes))
-    return nn.Sequential(*layers)
+    return nn.Sequential(*layers, nn.Flatten(), *classifier_layers(in_channels * height * width, widths, num_classes, dropout))
