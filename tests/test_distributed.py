@@ -92,7 +92,9 @@ with distributed.session():
     holder.itself, holder.wrapper = holder, DistributedDataParallel(nn.Linear(2, 2))
     del holder
 alive = sum(isinstance(thing, DistributedDataParallel) for thing in gc.get_objects())
-print(f"rank {distributed.environment_rank()}: {alive} DDP wrappers alive", flush=True)
+rank = distributed.environment_rank()
+with open(f"rank{rank}.txt", "w") as stream:  # a file per rank: the ranks' stdout lines can interleave
+    stream.write(f"rank {rank}: {alive} DDP wrappers alive")
 """
 
 
@@ -105,7 +107,7 @@ def test_session_frees_ddp_wrappers_before_the_process_group_ends(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(script)]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(line for line in result.stdout.splitlines() if "DDP" in line) == [
+    assert [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)] == [
         "rank 0: 0 DDP wrappers alive", "rank 1: 0 DDP wrappers alive"]
 
 

@@ -73,3 +73,22 @@ def test_gap_recovered():
     assert abs(gap_recovered(phases) - 0.5) < 1e-12
     assert gap_recovered({**phases, "teacher": {"test_acc": 0.7}}) is None
     assert gap_recovered({"teacher": {"test_acc": 0.9}, "distilled": {"test_acc": 0.8}}) is None
+
+
+def test_the_loop_announces_every_epoch_to_the_objective():
+    """Epoch-wise warm-ups (DKD) rely on begin_epoch(epoch, epochs), 1-based, before the epoch's steps."""
+    calls = []
+
+    class Recording(CrossEntropy):
+        def begin_epoch(self, epoch: int, epochs: int) -> None:
+            calls.append((epoch, epochs, self.steps))
+
+        def begin_step(self, step: int, total_steps: int) -> None:
+            self.steps = step + 1
+
+    data = digits()
+    objective = Recording()
+    objective.steps = 0
+    steps = len(batches(data, "train", True))
+    train(data, build_model("mlp", data.input_shape, 10, hidden=[8]), objective, epochs=3)
+    assert calls == [(1, 3, 0), (2, 3, steps), (3, 3, 2 * steps)]

@@ -46,22 +46,50 @@ class RunRecord:
 
 
 def load_runs(path: Path) -> list[RunRecord]:
-    """All runs at or below `path`, sorted by directory; a path without any is a ConfigError."""
+    """All readable runs at or below `path`, sorted by directory.
+
+    An unreadable summary.json (corrupt JSON, not a JSON object, no permission) is named with the
+    reason in a warning and left out; the others are reported. Only when no summary is readable is
+    that an error, naming the first unreadable file.
+
+    Raises:
+        ConfigError: when `path` does not exist or holds no readable summary.json.
+    """
     if not path.exists():
         raise ConfigError(f"{path} does not exist", "give a run dir or a sweep dir, e.g. outputs/multirun/<date>/<time>")
     summaries = sorted(path.rglob("summary.json")) if path.is_dir() else []
-    records = [record for record in (read_record(summary) for summary in summaries) if record is not None]
+    records, unreadable = [], []
+    for summary in summaries:
+        try:
+            records.append(read_record(summary))
+        except UnreadableSummary as error:
+            unreadable.append(error)
+    if not records and unreadable:
+        raise ConfigError(f"no readable run under {path}: {unreadable[0]}" + (f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""),
+                          "fix or delete the unreadable summary.json files; each run writes its own when it ends")
     if not records:
         raise ConfigError(f"no runs (summary.json) found under {path}", "point kdrun report at a run dir or a sweep dir")
+    for error in unreadable:
+        log.warning("skipped %s; reporting the %d readable run(s)", error, len(records))
     return records
 
 
-def read_record(summary_path: Path) -> Optional[RunRecord]:
+class UnreadableSummary(Exception):
+    """A summary.json that cannot be read as a run, with the reason: '<path> is unreadable (<why>)'."""
+
+
+def read_record(summary_path: Path) -> RunRecord:
+    """The run recorded in `summary_path`.
+
+    Raises:
+        UnreadableSummary: when the file cannot be read, is not JSON, or is not a summary's JSON object.
+    """
     try:
         summary = json.loads(summary_path.read_text())
-    except (OSError, ValueError) as error:
-        log.warning("skipping unreadable %s (%s)", summary_path, error)
-        return None
+    except (OSError, ValueError) as error:  # ValueError: JSON syntax, and undecodable bytes
+        raise UnreadableSummary(f"{summary_path} is unreadable ({error})") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("phases", {}), dict):
+        raise UnreadableSummary(f"{summary_path} is unreadable (not a kdrun summary: expected a JSON object with a 'phases' object)")
     overrides = list(summary.get("overrides", []))
     distilled = summary.get("phases", {}).get("distilled", {})
     return RunRecord(

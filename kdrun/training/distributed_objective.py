@@ -58,6 +58,9 @@ class DistributedObjective(Objective):
     def begin_step(self, step: int, total_steps: int) -> None:
         self.inner.begin_step(step, total_steps)
 
+    def begin_epoch(self, epoch: int, epochs: int) -> None:
+        self.inner.begin_epoch(epoch, epochs)
+
     def prepare(self, student: nn.Module, sample_inputs: torch.Tensor) -> None:
         self.inner.prepare(student, sample_inputs)
 

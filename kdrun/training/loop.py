@@ -22,7 +22,7 @@ from torch import nn
 from kdrun.data.batches import InMemoryBatches
 from kdrun.data.sharded import sum_over_ranks
 from kdrun.errors import RunError
-from kdrun.methods.base import Objective
+from kdrun.methods.base import Objective, check_teacher_isolated
 from kdrun.training import distributed
 from kdrun.training.checkpoint import PhaseCheckpoint, Progress
 from kdrun.training.optimizer_step import FastStep
@@ -97,14 +97,18 @@ def train_phase(
 ) -> PhaseResult:
     """Train `model` under `objective` for settings.epochs epochs; keep and test the best-val weights.
 
-    The objective's own parameters (adapters, regressors) are optimised with the model.
+    The objective's own parameters (adapters, regressors) are optimised with the model; none of
+    them, and nothing `objective.train()` reaches, may belong to the teacher.
 
     Raises:
         RunError: when the loss stops being finite (the phase cannot produce a usable model).
+        TeacherLeak: when a teacher module, parameter or buffer is reachable from what is trained (a method bug).
     """
     started = time.perf_counter()
+    trainable = list(model.parameters()) + list(objective.parameters())
+    check_teacher_isolated(objective, trainable)
     objective = distributed.synchronised(model, objective, train_batches)  # DDP under torchrun; unchanged in one process
-    optimizer = settings.make_optimizer(list(model.parameters()) + list(objective.parameters()))
+    optimizer = settings.make_optimizer(trainable)
     scheduler = settings.make_scheduler(optimizer) if settings.make_scheduler else None
     scaler = settings.speed.gradient_scaler()
     observer.phase_started(phase, settings.epochs, len(train_batches))
@@ -119,6 +123,7 @@ def train_phase(
                 resumed.epoch + 1, resumed.best_state, resumed.best_epoch, resumed.best_val_acc, resumed.history)
     for epoch in range(first_epoch, settings.epochs + 1):
         first_step = (epoch - 1) * len(train_batches)
+        objective.begin_epoch(epoch, settings.epochs)
         record = _train_one_epoch(
             phase, epoch, model, objective, optimizer, train_batches, observer, first_step,
             settings.epochs * len(train_batches), settings.speed, scaler,
