@@ -62,6 +62,7 @@ def test_preset_follows_the_crd_protocol(preset: str):
     assert (list(cfg.dataset.mean), list(cfg.dataset.std)) == ([0.5071, 0.4867, 0.4408], [0.2675, 0.2565, 0.2761])
     if preset.endswith("_dkd"):  # mdistiller: CE_WEIGHT 1, ALPHA 1, BETA per pair, T 4
         assert cfg.method.name == "dkd" and method_weights(cfg) == {"ce": 1.0, "tckd": 1.0, "nckd": beta}
+        assert cfg.method.warmup_epochs == 20  # WARMUP 20
     else:  # mdistiller KD: CE_WEIGHT 0.1, KD_WEIGHT 0.9, TEMPERATURE 4, kd_loss multiplied by T^2
         assert cfg.method.name == "weighted" and cfg.method.scale_by_T2 is True
         assert method_weights(cfg) == pytest.approx({"ce": 0.1, "kd": 0.9})
