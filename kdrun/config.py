@@ -156,7 +156,3 @@ def _reject_unknown_root_keys(cfg: DictConfig) -> None:
         key = getattr(error, "key", None) or str(error).split("'")[1]
         raise ConfigError(f"unknown config key '{key}'", "see `kdrun train --cfg job` for the valid keys") from None
 
-
-def optional_path(value: Optional[str]) -> Optional[Path]:
-    """A config path value as an absolute Path, or None when unset."""
-    return None if value in (None, "") else Path(str(value)).expanduser().resolve()

@@ -13,13 +13,28 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from test_loss_oracles import (
+    STUDENT,
+    STUDENT_FEATURE,
+    TARGETS,
+    TEACHER,
+    TEACHER_FEATURE,
+    B,
+    C,
+    Student,
+    Teacher,
+    TwoHeads,
+    attention_of,
+    conv1x1,
+    cross_entropy,
+    kd,
+    mdistiller_dkd,
+)
 
 from kdrun.config import config_dir, register_schema
 from kdrun.data.batches import Batch
 from kdrun.methods import METHODS, FrozenTeacher
 from kdrun.training.from_config import plain
-from test_loss_oracles import (B, C, STUDENT, STUDENT_FEATURE, TARGETS, TEACHER, TEACHER_FEATURE, Student, Teacher,
-                               TwoHeads, attention_of, conv1x1, cross_entropy, kd, mdistiller_dkd)
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "methods.md"
 TAPS = ["method.student_layer=tap", "method.teacher_layer=tap"]  # the test's models; not part of the documented command

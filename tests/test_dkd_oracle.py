@@ -5,13 +5,26 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_loss_oracles import (
+    ALPHA,
+    F64,
+    STUDENT,
+    STUDENT_FEATURE,
+    TARGETS,
+    TEACHER,
+    TEACHER_FEATURE,
+    B,
+    Student,
+    T,
+    Teacher,
+    kdrun_terms,
+    mdistiller_dkd,
+    probs,
+)
 
 from kdrun.data.batches import Batch
 from kdrun.methods import METHODS, FrozenTeacher
 from kdrun.methods.dkd import decoupled_kl
-from test_loss_oracles import (ALPHA, B, F64, STUDENT, STUDENT_FEATURE, TARGETS, TEACHER, TEACHER_FEATURE, T, Student,
-                               Teacher, kdrun_terms, mdistiller_dkd, probs)
-
 
 # -- DKD at extreme logits: log space keeps value and gradient ------------------------------------------
 EXTREME = {  # (student, teacher, target, T): a confidently wrong student; logits x10 of a random batch

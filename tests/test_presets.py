@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from test_benchmarks import BENCHMARK_PRESETS
 
 from conftest import read_summary, run_kdrun, write_cifar100, write_tree
-from test_benchmarks import BENCHMARK_PRESETS
 
 PRESETS = sorted(
     path.stem for path in (Path(__file__).resolve().parent.parent / "conf" / "experiment").glob("*.yaml")

@@ -8,7 +8,6 @@ import statistics
 from pathlib import Path
 
 from conftest import run_kdrun
-
 from kdrun.report import group_runs, load_runs
 
 TINY = ["teacher_epochs=1", "student_epochs=1", "trainer.progress=false", "teacher.hidden=[32]", "dataset.max_train_samples=200"]

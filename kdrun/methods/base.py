@@ -32,6 +32,8 @@ class Objective(nn.Module):
     temperature: float | None = None
     #: False for methods that run the teacher themselves (feature taps): caching its logits would be wasted work
     uses_cached_teacher_logits: bool = True
+    #: the teacher a distillation method learns from (its logits can be cached per sample); None for plain CE
+    teacher: FrozenTeacher | None = None
 
     def forward(self, model: nn.Module, batch: Batch) -> StepOutput:  # pragma: no cover - interface
         raise NotImplementedError

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from kdrun.errors import ConfigError
+from kdrun.results import PHASES, PhaseSummary, read_summary
+from kdrun.sweep_files import PHASE_COLUMNS
 
 log = logging.getLogger(__name__)
-
-PHASES = ("teacher", "independent", "distilled")
 
 
 @dataclass
@@ -26,12 +26,12 @@ class RunRecord:
     T: Optional[float]
     alpha: Optional[float]
     seed: Optional[int]
-    phases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    phases: dict[str, PhaseSummary] = field(default_factory=dict)
     gap_recovered: Optional[float] = None
     overrides: list[str] = field(default_factory=list)
 
     def accuracy(self, phase: str, key: str = "test_acc") -> Optional[float]:
-        return self.phases.get(phase, {}).get(key)
+        return getattr(self.phases[phase], key) if phase in self.phases else None
 
     def csv_row(self) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -39,8 +39,8 @@ class RunRecord:
             "alpha": self.alpha, "seed": self.seed,
         }
         for phase in PHASES:
-            for key in ("source", "test_acc", "best_val_acc"):
-                row[f"{phase}_{key}"] = self.phases.get(phase, {}).get(key)
+            for key in PHASE_COLUMNS:
+                row[f"{phase}_{key}"] = getattr(self.phases[phase], key) if phase in self.phases else None
         row.update(gap_recovered=self.gap_recovered, error=self.error, overrides=" ".join(self.overrides))
         return row
 
@@ -85,34 +85,21 @@ def read_record(summary_path: Path) -> RunRecord:
         UnreadableSummary: when the file cannot be read, is not JSON, or is not a summary's JSON object.
     """
     try:
-        summary = json.loads(summary_path.read_text())
-    except (OSError, ValueError) as error:  # ValueError: JSON syntax, and undecodable bytes
+        summary = read_summary(summary_path)
+    except (OSError, ValueError) as error:  # ValueError: JSON syntax, undecodable bytes, not a summary's object
         raise UnreadableSummary(f"{summary_path} is unreadable ({error})") from None
-    if not isinstance(summary, dict) or not isinstance(summary.get("phases", {}), dict):
-        raise UnreadableSummary(f"{summary_path} is unreadable (not a kdrun summary: expected a JSON object with a 'phases' object)")
-    overrides = list(summary.get("overrides", []))
-    distilled = summary.get("phases", {}).get("distilled", {})
     return RunRecord(
         run_dir=summary_path.parent,
-        status=summary.get("status", "unknown"),
-        error=summary.get("error", ""),
-        method=distilled.get("method", override_value(overrides, "method")),
-        T=as_float(distilled.get("T", override_value(overrides, "T"))),
-        alpha=as_float(distilled.get("alpha", override_value(overrides, "alpha"))),
-        seed=summary.get("seed"),
-        phases=summary.get("phases", {}),
-        gap_recovered=summary.get("gap_recovered"),
-        overrides=overrides,
+        status=summary.status,
+        error=summary.error or "",
+        method=summary.setting("method"),
+        T=as_float(summary.setting("T")),
+        alpha=as_float(summary.setting("alpha")),
+        seed=summary.seed,
+        phases=summary.phases,
+        gap_recovered=summary.gap_recovered,
+        overrides=summary.overrides,
     )
-
-
-def override_value(overrides: list[str], key: str) -> Optional[str]:
-    """The value of `key=value` among the overrides (failed runs may have no phases to read it from)."""
-    for item in overrides:
-        name, _, value = item.partition("=")
-        if name == key:
-            return value
-    return None
 
 
 def as_float(value: Any) -> Optional[float]:
