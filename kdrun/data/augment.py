@@ -1,4 +1,5 @@
-"""Training-time augmentation, applied on the device to each uint8 batch (`dataset.augment`).
+"""Training-time augmentation, applied on the device to each uint8 batch (`dataset.augment`, and
+`teacher.augment` for the teacher phase alone).
 
 Random numbers come from the batches' own seeded generator, so a run is reproducible and the
 independent and distilled students see the same augmented images in the same order.
@@ -40,7 +41,7 @@ def shift(pixels: int = 2) -> Augmentation:
     Each image moves by (dy, dx), each drawn uniformly from -pixels..pixels, independently.
     """
     if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels < 1:
-        raise ConfigError(f"shift pixels={pixels} must be an integer >= 1", "e.g. dataset.augment={name: shift, pixels: 2}")
+        raise ConfigError(f"shift pixels={pixels} must be an integer >= 1", "e.g. {name: shift, pixels: 2}")
 
     def apply(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         offsets = torch.randint(0, 2 * pixels + 1, (2, len(images)), generator=generator)
@@ -66,15 +67,22 @@ def crop_padded(images: torch.Tensor, padding: int, offsets: torch.Tensor, flips
     return padded[samples, torch.arange(channels, device=device).view(1, -1, 1, 1), rows, columns]
 
 
-def build_augmentation(spec: Any) -> Optional[Augmentation]:
+def build_augmentation(spec: Any, key: str = "dataset.augment") -> Optional[Augmentation]:
     """The augmentation named in config: a name (`crop_flip`), or a mapping with a name and options
-    (`{name: shift, pixels: 2}`); None or 'none' means no augmentation."""
+    (`{name: shift, pixels: 2}`); None or 'none' means no augmentation.
+
+    `key` is the config key the spec came from (dataset.augment, teacher.augment): errors name it, so a
+    user with two augmentations knows which one to fix.
+    """
     if spec in (None, "none"):
         return None
-    if isinstance(spec, Mapping):
-        options = dict(spec)
-        if "name" not in options:
-            choices = ", ".join(AUGMENTATIONS.names())
-            raise ConfigError(f"dataset.augment={options} has no 'name'", f"e.g. {{name: shift, pixels: 2}}; names: {choices}")
-        return AUGMENTATIONS.build(str(options.pop("name")), **options)
-    return AUGMENTATIONS.build(str(spec))
+    try:
+        if isinstance(spec, Mapping):
+            options = dict(spec)
+            if "name" not in options:
+                choices = ", ".join(AUGMENTATIONS.names())
+                raise ConfigError(f"{options} has no 'name'", f"e.g. {{name: shift, pixels: 2}}; names: {choices}")
+            return AUGMENTATIONS.build(str(options.pop("name")), **options)
+        return AUGMENTATIONS.build(str(spec))
+    except ConfigError as error:
+        raise ConfigError(f"{key}: {error.message}", error.hint) from None
