@@ -111,3 +111,10 @@ def test_augmentation_errors_name_their_key():
     with pytest.raises(ConfigError) as error:
         build_augmentation({"name": "shift", "pixels": -1})
     assert error.value.message.startswith("dataset.augment: shift pixels=-1")
+
+
+def test_the_hinton_preset_shifts_the_teachers_images_only():
+    settings = settings_from_config(compose_config("experiment=hinton_mnist"))
+    assert settings.teacher_augment == {"name": "shift", "pixels": 2} and settings.augment == "none"
+    assert settings.teacher.name == "lenet5" and "augment" not in settings.teacher.options  # not an architecture option
+    assert settings.student.options == {"hidden": [800, 800], "dropout": 0.0}

@@ -37,6 +37,7 @@ def cifar_root(tmp_path: Path) -> Path:
 # one epoch; R3's ImageNet weights cannot be downloaded in tests, so its teacher starts from scratch).
 TINY_SETUPS = {
     "mnist_mlp": lambda tmp, mnist: [f"dataset.root={mnist}"],
+    "hinton_mnist": lambda tmp, mnist: [f"dataset.root={mnist}", "dataset.download=false"],
     "flowers_vgg11_shufflenet": lambda tmp, mnist: [f"dataset.root={flowers_root(tmp)}", "dataset.image_size=32"],
     "cifar10_resnet50_smallcnn": lambda tmp, mnist: [
         f"dataset.root={cifar_root(tmp)}", "dataset.image_size=32", "teacher.weights=null", "teacher.freeze_backbone=false",
