@@ -36,7 +36,8 @@ def first_batch_moved(batches) -> bool:
     return not torch.equal(batch.inputs, plain)
 
 
-def test_the_teacher_phase_sees_shifted_inputs_and_the_student_phases_do_not(tmp_path: Path, monkeypatch):
+def moved_per_phase(run_dir: Path, monkeypatch, *overrides: str) -> dict[str, bool]:
+    """Run the pipeline in process on `overrides`; per training phase, whether its inputs were augmented."""
     moved: dict[str, bool] = {}
     real_train_phase = context_module.train_phase
 
@@ -45,29 +46,23 @@ def test_the_teacher_phase_sees_shifted_inputs_and_the_student_phases_do_not(tmp
         return real_train_phase(phase, model, objective, train_batches, *rest)
 
     monkeypatch.setattr(context_module, "train_phase", recording_train_phase)
-    cfg = compose_config(SHIFT, *SMALL, f"cache_dir={tmp_path / 'cache'}")
-    (tmp_path / "run").mkdir()
-    run_pipeline(settings_from_config(cfg), tmp_path / "run", Observers([]), RunProgress())
-    assert moved == {"teacher": True, "independent": False, "distilled": False}
+    run_dir.mkdir()
+    cfg = compose_config(*overrides, *SMALL, f"cache_dir={run_dir / 'cache'}")
+    run_pipeline(settings_from_config(cfg), run_dir, Observers([]), RunProgress())
+    monkeypatch.setattr(context_module, "train_phase", real_train_phase)
+    return moved
 
 
-def test_dataset_augment_still_reaches_every_phase(tmp_path: Path, monkeypatch):
-    """teacher.augment=null (the default) means the dataset's augmentation, and teacher.augment=none none."""
-    for teacher_augment, teacher_moved in (("null", True), ("none", False)):
-        moved: dict[str, bool] = {}
-        real_train_phase = context_module.train_phase
+def test_the_teacher_phase_sees_shifted_inputs_and_the_student_phases_do_not(tmp_path: Path, monkeypatch):
+    assert moved_per_phase(tmp_path / "run", monkeypatch, SHIFT) == {"teacher": True, "independent": False, "distilled": False}
 
-        def recording_train_phase(phase, model, objective, train_batches, *rest, moved=moved, real=real_train_phase):
-            moved[phase] = first_batch_moved(train_batches)
-            return real(phase, model, objective, train_batches, *rest)
 
-        monkeypatch.setattr(context_module, "train_phase", recording_train_phase)
-        cfg = compose_config("dataset.augment={name:shift,pixels:1}", f"teacher.augment={teacher_augment}", *SMALL,
-                             f"cache_dir={tmp_path / teacher_augment}")
-        (tmp_path / f"run-{teacher_augment}").mkdir()
-        run_pipeline(settings_from_config(cfg), tmp_path / f"run-{teacher_augment}", Observers([]), RunProgress())
-        monkeypatch.setattr(context_module, "train_phase", real_train_phase)
-        assert moved == {"teacher": teacher_moved, "independent": True, "distilled": True}
+@pytest.mark.parametrize("teacher_augment, teacher_moved", [("null", True), ("none", False)])
+def test_dataset_augment_still_reaches_the_students(teacher_augment: str, teacher_moved: bool, tmp_path: Path, monkeypatch):
+    """teacher.augment=null (the default) means the dataset's augmentation, teacher.augment=none none."""
+    moved = moved_per_phase(tmp_path / "run", monkeypatch, "dataset.augment={name:shift,pixels:1}",
+                            f"teacher.augment={teacher_augment}")
+    assert moved == {"teacher": teacher_moved, "independent": True, "distilled": True}
 
 
 def test_students_keep_cached_teacher_logits_and_the_key_follows_the_teachers_augmentation(kdrun_in, tmp_path: Path):
