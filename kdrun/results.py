@@ -76,6 +76,7 @@ class PhaseSummary:
     weights: Optional[str] = None
     cache_entry: Optional[str] = None
     extra_params: Optional[int] = None  # a method's adapters: trained with the student, not exported
+    stacked: Optional[int] = None  # distilled: trained with this many students in one pass (kdrun_stacked launcher); seconds = that pass
     extra: dict[str, Any] = field(default_factory=dict)  # a compression stage's settings (amount, scheme, ...)
     nonzero_params: Optional[int] = None
     size_mb: Optional[float] = None

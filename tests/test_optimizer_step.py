@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from kdrun.training.loop import _epoch_totals
+from kdrun.training.loop import epoch_totals
 from kdrun.training.speed import adam
 from kdrun.training.speed.adam import FastStep
 
@@ -138,13 +138,13 @@ def test_the_direct_call_is_made_only_on_verified_torch_versions(monkeypatch):
     assert made[1][0] == 6  # the fallback: every step through optimizer.step()
 
 
-def test_epoch_totals_weigh_each_term_by_its_batch_size_even_when_a_term_skips_steps():
+def testepoch_totals_weigh_each_term_by_its_batch_size_even_when_a_term_skips_steps():
     steps = [{"ce": torch.tensor(1.0), "kd": torch.tensor(2.0)}, {"ce": torch.tensor(3.0)}, {"ce": torch.tensor(0.5), "kd": torch.tensor(4.0)}]
     sizes = [4, 4, 2]
     hits = [torch.tensor([True, False, True, True]), torch.tensor([False] * 4), torch.tensor([True, True])]
-    sums, correct = _epoch_totals(steps, sizes, hits, torch.device("cpu"))
+    sums, correct = epoch_totals(steps, sizes, hits, torch.device("cpu"))
     assert sums["ce"].item() == pytest.approx(1.0 * 4 + 3.0 * 4 + 0.5 * 2)
     assert sums["kd"].item() == pytest.approx(2.0 * 4 + 4.0 * 2)
     assert correct.item() == 5
-    no_sums, no_correct = _epoch_totals([], [], [], torch.device("cpu"))
+    no_sums, no_correct = epoch_totals([], [], [], torch.device("cpu"))
     assert no_sums == {} and no_correct.item() == 0

@@ -24,7 +24,7 @@ COMPLETED = {
                         "cache_entry": "/cache/s/mlp-1"},
         "distilled": {"source": "trained", "test_acc": 0.92, "test_acc_last": 0.92, "best_epoch": 5, "best_val_acc": 0.93,
                       "params": 1930, "seconds": 0.4, "method": "basic", "T": 10.0, "alpha": 0.5,
-                      "teacher_logits_seconds": 0.02, "weights": "/runs/a/distilled.safetensors", "extra_params": 0,
+                      "teacher_logits_seconds": 0.02, "weights": "/runs/a/distilled.safetensors", "extra_params": 0, "stacked": 4,
                       "nonzero_params": 1930, "size_mb": 0.01, "latency_ms": 0.2},
         "pruned": {"source": "from distilled", "test_acc": 0.91, "test_acc_last": 0.91, "best_epoch": None,
                    "best_val_acc": 0.92, "params": 1930, "seconds": 0.1, "weights": "/runs/a/pruned.safetensors",
@@ -65,6 +65,7 @@ def test_typed_fields_and_derived_values():
     summary = RunSummary.from_json(COMPLETED)
     assert summary.phases["pruned"].extra == {"amount": 0.2, "structure": "unstructured"}
     assert summary.phases["distilled"].compressed and not summary.phases["teacher"].compressed
+    assert summary.phases["distilled"].stacked == 4 and summary.phases["teacher"].stacked is None  # kdrun_stacked launcher
     assert summary.setting("method") == "basic" and summary.setting("T") == 10.0
     failed = RunSummary.from_json(FAILED_EARLY)
     assert failed.setting("T") == "0" and failed.setting("alpha") is None  # from the overrides: no distilled phase

@@ -36,11 +36,19 @@ def main(arguments: list[str]) -> None:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="kdrun's precision on CPU (default fp32)")
     parser.add_argument("--switches", action="store_true", help="instead: each CPU speed switch on vs off (kdrun/bench/switches.py)")
     parser.add_argument("--repeats", type=int, default=3, help="--switches: processes per side (default 3)")
+    parser.add_argument("--stacked", action="store_true", help="instead: a 3x3 alpha x T sweep, sequential vs joblib vs "
+                        "kdrun_stacked launcher (kdrun/bench/stacked.py)")
+    parser.add_argument("--launchers", default="sequential,joblib,stacked", help="--stacked: which launchers (default all three)")
+    parser.add_argument("--students", default="mlp,tiny_cnn", help="--stacked: which students (default mlp,tiny_cnn)")
+    parser.add_argument("--memory", action="store_true", help="instead: peak memory of K = 1, 3, 9, 27 stacked students")
     options = parser.parse_args(arguments)
     if options.switches:
         from kdrun.bench import switches
 
         switches.report(switches.measure_switches(options.repeats))
+        return
+    if options.stacked or options.memory:
+        stacked_bench(options)
         return
     if options.epochs < 1:
         raise ConfigError(f"--epochs {options.epochs} must be >= 1", "try --epochs 1")
@@ -48,6 +56,22 @@ def main(arguments: list[str]) -> None:
 
     torch.set_num_threads(torch.get_num_threads())
     report(measure(options))
+
+
+def stacked_bench(options: argparse.Namespace) -> None:
+    """--memory: K stacked students' peak memory; --stacked: the sweep under each launcher (kdrun/bench/stacked.py)."""
+    from kdrun.bench import stacked
+
+    if options.memory:
+        stacked.report_memory(stacked.memory_rows(), cpu_name())
+        return
+    overrides, description = workload_overrides(options)
+    launchers, students = options.launchers.split(","), options.students.split(",")
+    unknown = sorted(set(launchers) - set(stacked.LAUNCHERS)) + sorted(set(students) - set(stacked.STUDENTS))
+    if unknown or "sequential" not in launchers:
+        raise ConfigError(f"--launchers/--students: {', '.join(unknown) or 'sequential missing'}",
+                          f"launchers: {', '.join(stacked.LAUNCHERS)} (sequential is the baseline); students: {', '.join(stacked.STUDENTS)}")
+    stacked.report(stacked.measure(overrides, launchers, students), description, cpu_name())
 
 
 def workload_overrides(options: argparse.Namespace) -> tuple[list[str], str]:

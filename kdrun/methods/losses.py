@@ -15,4 +15,7 @@ def soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, t
     """
     student_log_probs = functional.log_softmax(student_logits / temperature, dim=1)
     teacher_log_probs = functional.log_softmax(teacher_logits / temperature, dim=1)
-    return functional.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
+    # kl_div(..., reduction="batchmean", log_target=True) written out: torch.func.vmap has no batching
+    # rule for kl_div and would loop over the members of a stack (kdrun/training/stacked/)
+    pointwise = teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)
+    return pointwise.sum() / student_logits.shape[0]

@@ -155,15 +155,11 @@ def _train_one_epoch(
         step_sizes.append(len(batch.targets))
         hits.append(logits.detach().argmax(dim=1) == batch.targets)
         observer.step_done(phase)
-    term_sums, correct = _epoch_totals(step_terms, step_sizes, hits, batches.device)
+    term_sums, correct = epoch_totals(step_terms, step_sizes, hits, batches.device)
     term_sums, correct = _summed_over_ranks(batches, term_sums, correct)
     samples = batches.num_samples
     loss_means = {name: float(total) / samples for name, total in term_sums.items()}  # one sync per epoch
-    if not all(math.isfinite(value) for value in loss_means.values()):
-        raise RunError(
-            f"{phase} loss became {loss_means} in epoch {epoch}",
-            "lower lr, or check the data for NaN/Inf",
-        )
+    check_finite(phase, epoch, loss_means)
     seconds = time.perf_counter() - started
     return EpochRecord(
         phase=phase,
@@ -178,16 +174,29 @@ def _train_one_epoch(
     )
 
 
-def _epoch_totals(
+def check_finite(phase: str, epoch: int, loss_means: dict[str, float]) -> None:
+    """Raises RunError when an epoch's mean loss is NaN or infinite (the phase cannot produce a usable model)."""
+    if not all(math.isfinite(value) for value in loss_means.values()):
+        raise RunError(
+            f"{phase} loss became {loss_means} in epoch {epoch}",
+            "lower lr, or check the data for NaN/Inf",
+        )
+
+
+def epoch_totals(
     step_terms: list[dict[str, torch.Tensor]], step_sizes: list[int], hits: list[torch.Tensor], device: torch.device,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Sample-weighted sum of every term and the count of correct predictions, still on the device."""
+    """Sample-weighted sum of every term and the count of correct predictions, still on the device.
+
+    Shape-generic for stacked students (kdrun/training/stacked/): a step's terms may be (K,) and its
+    hits (K, B); the sums are then (K,), one per student.
+    """
     term_sums: dict[str, torch.Tensor] = {}
     for name in dict.fromkeys(name for terms in step_terms for name in terms):  # a term may skip steps
         steps = [(terms[name], size) for terms, size in zip(step_terms, step_sizes) if name in terms]
         values = torch.stack([value.float() for value, _ in steps])
-        term_sums[name] = values @ torch.tensor([size for _, size in steps], dtype=torch.float32, device=values.device)
-    correct = torch.cat(hits).sum() if hits else torch.zeros((), dtype=torch.int64, device=device)
+        term_sums[name] = torch.tensor([size for _, size in steps], dtype=torch.float32, device=values.device) @ values
+    correct = torch.cat(hits, dim=-1).sum(dim=-1) if hits else torch.zeros((), dtype=torch.int64, device=device)
     return term_sums, correct
 
 

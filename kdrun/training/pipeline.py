@@ -24,6 +24,7 @@ from kdrun.training.context import RunContext, open_run
 from kdrun.training.loop import PhaseObserver
 from kdrun.training.settings import RunSettings
 from kdrun.training.sources import obtain_independent, obtain_teacher
+from kdrun.training.stacked.distill import distilled_result
 
 log = logging.getLogger("kdrun")
 
@@ -59,7 +60,9 @@ def distill(context: RunContext, teacher: nn.Module, logits_entry: Optional[Path
     log.info("distillation loss: %s", method.describe())
     torch.manual_seed(settings.seed)
     student = context.new_model(settings.student)
-    summary = context.train("distilled", student, method, settings.student_epochs).summary(count_parameters(student))
+    result, stacked = distilled_result(context, student, method)  # THE loop, or its share of a stacked pass
+    summary = result.summary(count_parameters(student))
+    summary.stacked = stacked
     weights = context.run_dir / "distilled.safetensors"
     save_weights(weights, student, {"phase": "distilled", "model": settings.student.name})
     summary.method, summary.T, summary.alpha = settings.method_name, settings.T, settings.alpha
