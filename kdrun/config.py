@@ -149,11 +149,12 @@ def reject_unknown_keys(cfg: DictConfig, schema: type = RootSchema, command: str
     """`+foo=1` slips past the composed schema; merging into the schema again catches it."""
     from omegaconf.errors import ConfigKeyError
 
-    plain = OmegaConf.masked_copy(cfg, [key for key in cfg.keys() if key != "hydra"])
+    # a plain container: merged as typed nodes, nested extra keys (`+trainer.foo=1`) would pass silently
+    plain = OmegaConf.create(OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg.keys() if key != "hydra"])))
     try:
         OmegaConf.merge(OmegaConf.structured(schema), plain)
     except ConfigKeyError as error:
-        key = getattr(error, "key", None) or str(error).split("'")[1]
+        key = getattr(error, "full_key", None) or getattr(error, "key", None) or str(error).split("'")[1]
         raise ConfigError(f"unknown config key '{key}'", f"see `kdrun {command} --cfg job` for the valid keys") from None
 
 

@@ -12,6 +12,8 @@ Environment (all optional; without them this is plain `python -m kdrun`):
                             was due), write MARKERS/paused (its text: "<phase> <epoch>") and wait until
                             MARKERS/release exists; a signal that arrives meanwhile acts there.
     KDRUN_TEST_MARK_LOCKS   "1": write MARKERS/locking-<entry> just before taking a model cache entry's lock.
+    KDRUN_TEST_PAUSE_AT_STEP  "<phase>:<step>" for `kdrun diffusion`: the same pause after that optimiser step's
+                            checkpoint call (phases: teacher, distill_<steps>).
 
 Nothing of this lives in kdrun itself: it patches kdrun from the outside, in the child process only.
 """
@@ -57,6 +59,21 @@ def install_pause(spec: str) -> None:
     checkpoint.PhaseCheckpoint.save = save_then_pause
 
 
+def install_step_pause(spec: str) -> None:
+    from kdrun.diffusion import checkpoint
+
+    phase_name, step_text = spec.split(":")
+    original = checkpoint.PhaseCheckpoints.save
+
+    def save_then_pause(self, phase, state, last):
+        original(self, phase, state, last)
+        if phase == phase_name and state.step == int(step_text):
+            mark(PAUSED, f"{phase} {state.step}")
+            wait_for_release()
+
+    checkpoint.PhaseCheckpoints.save = save_then_pause
+
+
 def install_lock_markers() -> None:
     from kdrun.training import teacher_cache
 
@@ -75,6 +92,8 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     if os.environ.get("KDRUN_TEST_PAUSE_AFTER"):
         install_pause(os.environ["KDRUN_TEST_PAUSE_AFTER"])
+    if os.environ.get("KDRUN_TEST_PAUSE_AT_STEP"):
+        install_step_pause(os.environ["KDRUN_TEST_PAUSE_AT_STEP"])
     if os.environ.get("KDRUN_TEST_MARK_LOCKS") == "1":
         install_lock_markers()
     from kdrun.cli import main as kdrun_main

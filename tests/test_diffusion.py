@@ -8,6 +8,7 @@ kdrun's DDIM step against diffusers' DDIMScheduler; FID against scipy's matrix s
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -164,6 +165,65 @@ def test_unreachable_or_invalid_step_counts_are_config_errors(start, target, mes
         halving_steps(start, target)
 
 
+# -- config checks (in-process: composing takes milliseconds, a CLI subprocess seconds) ------------------
+@pytest.fixture(scope="module")
+def compose_diffusion():
+    from hydra import compose, initialize_config_dir
+
+    from kdrun.config import config_dir
+    from kdrun.diffusion.config import register_schema
+
+    register_schema()
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        yield lambda *overrides: compose("diffusion", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("teacher.sampling_steps=0", "teacher.sampling_steps=0 must be >= 1"),
+    ("distill.target_steps=0", "distill.target_steps=0 must be >= 1"),
+    ("distill.target_steps=128", "distill.target_steps=128 is not reached by halving teacher.sampling_steps=64"),
+    ("fid.features=everything", "fid.features=everything is not one of auto, classifier, inception"),
+    ("+fid.bogus=1", "unknown config key 'fid.bogus'"),
+    ("fid.samples=1", "fid.samples=1 must be >= 2"),
+    ("grid_samples=2000", "grid_samples=2000 must be in [1, fid.samples=1000]"),
+    ("teacher.ema_decay=1", "teacher.ema_decay=1.0 is outside [0, 1)"),
+    ("distill.lr=0", "distill.lr=0.0 must be > 0"),
+    ("trainer.threads=0", "trainer.threads=0 must be auto or an integer >= 1"),
+])
+def test_config_checks_name_the_key_and_the_fix(compose_diffusion, override, message):
+    from kdrun.diffusion.config import validate
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(compose_diffusion(override))
+
+
+@pytest.mark.parametrize("dataset, steps", [("digits", [64, 32, 16, 8, 4, 2, 1]), ("mnist", [32, 16, 8, 4, 2, 1]),
+                                            ("cifar10", [1024, 512, 256, 128, 64, 32, 16, 8, 4, 2, 1])])
+def test_every_preset_composes_validates_and_builds_its_network(compose_diffusion, dataset, steps):
+    from kdrun.diffusion.config import validate
+    from kdrun.diffusion.networks import build_network
+
+    cfg = compose_diffusion(f"dataset={dataset}")
+    assert validate(cfg) == steps
+    shape = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}[dataset]
+    options = {key: value for key, value in cfg.network.items() if key not in ("name", "checkpoint")}
+    network = build_network(cfg.network.name, shape, **options)
+    with torch.no_grad():
+        assert network(torch.zeros(2, *shape), torch.tensor([0.5, 1.0])).shape == (2, *shape)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"channels": (32, 64), "attention": (True,)}, "network.attention has 1 entries, network.channels 2"),
+    ({"channels": (30, 64), "attention": (False, False)}, "are not all multiples of network.norm_groups=8"),
+    ({"channels": (8,) * 5, "attention": (False,) * 5}, "8x8 images cannot be halved 4 times"),
+])
+def test_unet_shape_rules_are_config_errors(options, message):
+    from kdrun.diffusion.networks import unet
+
+    with pytest.raises(ConfigError, match=message):
+        unet((1, 8, 8), **options)
+
+
 # -- DDIM: kdrun's step against diffusers', determinism -----------------------------------------------
 def test_kdrun_ddim_agrees_with_diffusers_ddim_scheduler_at_every_step_count():
     from kdrun.diffusion.sampler import DdimSampler
@@ -300,3 +360,43 @@ def test_sample_grid_png_has_the_expected_layout(tmp_path):
     save_grid(torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8), tmp_path / "grid.png")
     with Image.open(tmp_path / "grid.png") as image:
         assert image.size == (8 * 32 + 9 * 2, 2 * 32 + 3 * 2)  # 8x8 enlarged 4x, 2-pixel gaps
+
+
+def test_inception_without_weights_downloads_and_a_failed_download_is_a_config_error(monkeypatch):
+    import urllib.error
+
+    import torch_fidelity.feature_extractor_inceptionv3 as inception_module
+
+    from kdrun.diffusion.fid import INCEPTION_URL, inception_features
+
+    requested = []
+
+    def offline(url, **_):
+        requested.append(url)
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(inception_module, "load_state_dict_from_url", offline)
+    with pytest.raises(ConfigError, match="cannot download the Inception-v3 weights") as error:
+        inception_features(None)
+    assert requested == [INCEPTION_URL] and "fid.inception_weights=" in error.value.one_line()
+
+
+@pytest.mark.slow  # a 95 MB weights file and Inception forwards at 299x299: ~10-40 s on 2 CPU cores
+def test_local_inception_weights_give_2048_d_features_of_grey_images(monkeypatch, tmp_path):
+    """Standard FID from a local weights file (random weights of the right architecture stand in for the real ones)."""
+    import torch_fidelity.feature_extractor_inceptionv3 as inception_module
+
+    from kdrun.diffusion.fid import FidScorer, inception_features
+
+    with monkeypatch.context() as patch:
+        patch.setattr(inception_module, "load_state_dict_from_url", lambda *args, **kwargs: {})
+        patch.setattr(inception_module.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
+        state = inception_module.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict()
+    torch.save(state, tmp_path / "inception.pth")
+    features = inception_features(tmp_path / "inception.pth")
+    images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8)
+    assert features(images).shape == (3, 2048)
+    assert FidScorer(features, images, batch_size=3, device=torch.device("cpu")).score(images).value == pytest.approx(0, abs=1e-2)
+    torch.save({"something": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(ConfigError, match="are not Inception-v3 weights"):
+        inception_features(tmp_path / "other.pth")

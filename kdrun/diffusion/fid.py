@@ -10,6 +10,9 @@ a number is.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +22,8 @@ import torch
 from torch import nn
 
 from kdrun.errors import ConfigError
+
+log = logging.getLogger("kdrun")
 
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 DOWNLOAD_TIMEOUT_SECONDS = 20
@@ -103,10 +108,13 @@ def inception_features(weights: Optional[Path]) -> nn.Module:
 
 
 def _downloaded_inception(inception_class: type, hint: str) -> nn.Module:
+    """torch-fidelity's download into torch.hub's cache (reused later); its progress output is kept off the console."""
+    log.info("downloading the Inception-v3 weights from %s", INCEPTION_URL)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_SECONDS)  # torch.hub's urlopen has no timeout of its own
     try:
-        return inception_class(name="inception-v3-compat", features_list=["2048"])
+        with contextlib.redirect_stderr(io.StringIO()):
+            return inception_class(name="inception-v3-compat", features_list=["2048"])
     except (OSError, RuntimeError, ValueError) as error:
         raise ConfigError(f"cannot download the Inception-v3 weights for the standard FID ({' '.join(str(error).split())[:120]})", hint) from None
     finally:

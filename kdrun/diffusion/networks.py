@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from types import SimpleNamespace
 from typing import Any, Sequence
 
 import torch
@@ -22,18 +23,22 @@ TIME_SCALE = 1000.0
 
 
 def import_diffusers() -> Any:
-    """The diffusers package, quietly (it probes torchao, which logs warnings), or a one-line ConfigError."""
+    """The diffusers classes kdrun uses (UNet2DModel, DDIMScheduler), or a one-line ConfigError.
+
+    Quietly: diffusers probes torchao when its model classes load, and torchao's import logs torch
+    deprecation warnings that say nothing to a kdrun user.
+    """
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
     pytree_log = logging.getLogger("torch.utils._pytree")
     level = pytree_log.level
     pytree_log.setLevel(logging.ERROR)
     try:
-        import diffusers
+        from diffusers import DDIMScheduler, UNet2DModel
     except ImportError as error:
         raise ConfigError(f"kdrun diffusion needs the diffusers package ({error})", "pip install 'kdrun[diffusion]'") from None
     finally:
         pytree_log.setLevel(level)
-    return diffusers
+    return SimpleNamespace(UNet2DModel=UNet2DModel, DDIMScheduler=DDIMScheduler)
 
 
 class UNetDenoiser(nn.Module):

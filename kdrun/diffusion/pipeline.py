@@ -69,10 +69,10 @@ class DiffusionRun:
         images = from_uint8(self.data.train.images).to(self.device)
         log.info("data: %s, %d training images %s, device %s; sampling steps %s", self.data.name, len(images),
                  self.shape, self.device, " -> ".join(map(str, self.steps)))
-        self.new_network()  # config mistakes surface before anything trains
+        self.check_inputs()
         self.checkpoints.check_config()
-        self.scorer = self.fid_scorer()  # before the teacher: missing Inception weights fail in seconds, not after training
         teacher = self.obtain_teacher(images)
+        self.scorer = self.fid_scorer()
         self.evaluate("teacher_ddim", teacher, self.steps[0])
         current = teacher
         for round_number, steps in enumerate(self.steps[1:], start=1):
@@ -81,6 +81,21 @@ class DiffusionRun:
             self.evaluate("distilled", student, steps)
             current = student
         self.checkpoints.remove_all()
+
+    def check_inputs(self) -> None:
+        """Config and file mistakes surface in seconds, before anything trains: the network's shape rules,
+        a teacher checkpoint of another architecture, Inception weights that are missing or wrong."""
+        network = self.new_network()
+        if self.cfg.network.checkpoint:
+            load_weights(optional_path(self.cfg.network.checkpoint), network, "network.checkpoint (teacher)")
+        self.inception = inception_features(self.inception_weights()) if self.wants_inception() else None
+
+    def wants_inception(self) -> bool:
+        features = self.cfg.fid.features
+        return features == "inception" or (features == "auto" and self.inception_weights() is not None)
+
+    def inception_weights(self) -> Optional[Path]:
+        return optional_path(self.cfg.fid.inception_weights)
 
     # -- teacher ------------------------------------------------------------------------------------
     def new_network(self) -> nn.Module:
@@ -176,9 +191,8 @@ class DiffusionRun:
     def fid_scorer(self) -> FidScorer:
         """FID features (Inception with local weights, else the classifier), reference = training images."""
         fid, data = self.cfg.fid, self.data
-        weights = optional_path(fid.inception_weights)
-        if fid.features == "inception" or (fid.features == "auto" and weights is not None):
-            features = inception_features(weights)
+        if self.inception is not None:
+            features = self.inception
             self.fid = {"kind": "inception", "label": "FID (Inception-v3 pool3, 2048-d)"}
         else:
             classifier, info = obtain_classifier(data, plain(fid.classifier), plain(fid.classifier_training), self.cfg.seed,

@@ -186,6 +186,22 @@ def group_runs(runs: list[DiffusionSummary]) -> list[Aggregate]:
     return list(groups.values())
 
 
+def report_diffusion_runs(path: Path) -> bool:
+    """`kdrun report` for the diffusion runs at or below `path`; False when there are none."""
+    from rich.console import Console
+
+    runs = load_diffusion_runs(path)
+    if not runs:
+        return False
+    console = Console() if Console().is_terminal else Console(width=130)
+    written = build_diffusion_report(path, runs, console)
+    for run in runs:
+        if run.status != "completed":
+            console.print(f"{run.status}: {run.run_dir} ({run.error})", markup=False, soft_wrap=True)
+    console.print(f"wrote {', '.join(str(item) for item in written)}", markup=False, soft_wrap=True)
+    return True
+
+
 def build_diffusion_report(path: Path, runs: list[DiffusionSummary], console: Any) -> list[Path]:
     """report_diffusion.md, report_diffusion.csv and the FID plot in `path`; the tables on the console."""
     groups = group_runs(runs)

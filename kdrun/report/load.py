@@ -62,6 +62,8 @@ def read_record(summary_path: Path) -> Optional[RunRecord]:
     except (OSError, ValueError) as error:
         log.warning("skipping unreadable %s (%s)", summary_path, error)
         return None
+    if summary.get("kind") == "diffusion":  # `kdrun diffusion` runs have their own report (report/diffusion.py)
+        return None
     overrides = list(summary.get("overrides", []))
     distilled = summary.get("phases", {}).get("distilled", {})
     return RunRecord(
