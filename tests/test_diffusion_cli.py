@@ -132,4 +132,4 @@ def test_bad_input_is_one_error_line_exit_2_and_leaves_no_run_dir(tmp_path, over
 def test_help_lists_the_presets_and_the_config(tmp_path):
     help_text = run_kdrun("diffusion", "--help", cwd=tmp_path).stdout
     assert "kdrun diffusion" in help_text and "diffusion/preset: cifar10, digits, mnist" in help_text
-    assert "sampling_steps: 64" in help_text
+    assert "sampling_steps: 32" in help_text

@@ -120,6 +120,7 @@ def plot_fid(groups: list[Aggregate], path: Path) -> Path:
         if floors:
             axes.axhline(statistics.fmean(floors), color=colour, linestyle=":", linewidth=1, label="real test images")
     axes.set_xscale("log", base=2)
+    axes.set_yscale("log")  # DDIM's FID grows by orders of magnitude at few steps
     axes.set_xlabel("sampling steps (network evaluations)")
     axes.set_ylabel(groups[0].runs[0].fid.get("kind", "FID") == "inception" and "FID (Inception)" or "FD (classifier features)")
     axes.legend(fontsize=8)
