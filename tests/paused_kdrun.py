@@ -44,34 +44,30 @@ def wait_for_release() -> None:
         time.sleep(0.05)  # SIGINT raises KeyboardInterrupt here, inside the phase, as in a real Ctrl-C
 
 
+def pause_after(owner: type, spec: str, count_of) -> None:
+    """Wrap owner.save(self, phase, progress, last): after the save of "<phase>:<count>", mark and wait."""
+    phase_name, count_text = spec.split(":")
+    original = owner.save
+
+    def save_then_pause(self, phase, progress, last):
+        original(self, phase, progress, last)
+        if phase == phase_name and count_of(progress) == int(count_text):
+            mark(PAUSED, f"{phase} {count_of(progress)}")
+            wait_for_release()
+
+    owner.save = save_then_pause
+
+
 def install_pause(spec: str) -> None:
     from kdrun.training import checkpoint
 
-    phase_name, epoch_text = spec.split(":")
-    original = checkpoint.PhaseCheckpoint.save
-
-    def save_then_pause(self, phase, progress, last_epoch):
-        original(self, phase, progress, last_epoch)
-        if phase == phase_name and progress.epoch == int(epoch_text):
-            mark(PAUSED, f"{phase} {progress.epoch}")
-            wait_for_release()
-
-    checkpoint.PhaseCheckpoint.save = save_then_pause
+    pause_after(checkpoint.PhaseCheckpoint, spec, lambda progress: progress.epoch)
 
 
 def install_step_pause(spec: str) -> None:
     from kdrun.diffusion import checkpoint
 
-    phase_name, step_text = spec.split(":")
-    original = checkpoint.PhaseCheckpoints.save
-
-    def save_then_pause(self, phase, state, last):
-        original(self, phase, state, last)
-        if phase == phase_name and state.step == int(step_text):
-            mark(PAUSED, f"{phase} {state.step}")
-            wait_for_release()
-
-    checkpoint.PhaseCheckpoints.save = save_then_pause
+    pause_after(checkpoint.PhaseCheckpoints, spec, lambda state: state.step)
 
 
 def install_lock_markers() -> None:

@@ -14,6 +14,7 @@ from omegaconf import MISSING, DictConfig
 
 from kdrun.config import optional_path, reject_unknown_keys
 
+from kdrun.diffusion.fid import INCEPTION_URL
 from kdrun.diffusion.schedule import halving_steps
 from kdrun.errors import ConfigError
 
@@ -134,7 +135,7 @@ def validate(cfg: DictConfig) -> list[int]:
            "fid.inception_weights is set but fid.features=classifier", "drop one of them")
     weights = optional_path(fid.inception_weights)
     _check(weights is None or weights.is_file(), f"fid.inception_weights={weights} does not exist",
-           "download torch-fidelity's weights-inception-2015-12-05-6726825d.pth and pass its path")
+           f"download {INCEPTION_URL} (torch-fidelity's Inception-v3) and pass its path")
     _at_least("fid.classifier_training.epochs", fid.classifier_training.epochs, 1)
     _at_least("fid.classifier_training.batch_size", fid.classifier_training.batch_size, 1)
     _check(fid.classifier_training.lr > 0, f"fid.classifier_training.lr={fid.classifier_training.lr} must be > 0", "try 0.001")

@@ -81,7 +81,7 @@ def halving_steps(start: int, target: int) -> list[int]:
         reachable = ", ".join(str(count) for count in counts)
         raise ConfigError(
             f"distill.target_steps={target} is not reached by halving teacher.sampling_steps={start} (reachable: {reachable})",
-            "make teacher.sampling_steps the target times a power of two, e.g. 64 -> 1",
+            f"make teacher.sampling_steps the target times a power of two, e.g. teacher.sampling_steps={target * 2 ** max(1, (start // max(target, 1)).bit_length() - 1)} distill.target_steps={target}",
         )
     return counts
 

@@ -125,12 +125,7 @@ def plot_fid(groups: list[Aggregate], path: Path) -> Path:
     axes.set_ylabel(groups[0].runs[0].fid.get("kind", "FID") == "inception" and "FID (Inception)" or "FD (classifier features)")
     axes.legend(fontsize=8)
     axes.grid(alpha=0.3)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
-    write_bytes_atomic(path, buffer.getvalue())
-    return path
+    return save_figure(figure, path, dpi=120)
 
 
 def plot_overview(summary: DiffusionSummary, run_dir: Path, path: Path) -> Optional[Path]:
@@ -151,9 +146,16 @@ def plot_overview(summary: DiffusionSummary, run_dir: Path, path: Path) -> Optio
             if grid and (run_dir / grid).is_file():
                 axis.imshow(Image.open(run_dir / grid), cmap="gray")
                 axis.set_title(f"{name}, {steps} steps", fontsize=9)
+    return save_figure(figure, path, dpi=100)
+
+
+def save_figure(figure: Any, path: Path, dpi: int) -> Path:
+    """A matplotlib figure as a PNG, written atomically; the figure is closed."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
+    figure.savefig(buffer, format="png", dpi=dpi)
     plt.close(figure)
     write_bytes_atomic(path, buffer.getvalue())
     return path
