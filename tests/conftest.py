@@ -36,21 +36,33 @@ def run_kdrun(*arguments: str, cwd: Path, extra_env: dict[str, str] | None = Non
     )
 
 
-def start_paused(*arguments: str, cwd: Path, pause_after: str = "", mark_locks: bool = False,
-                 pause_at_step: str = "") -> tuple[subprocess.Popen, Path]:
+@pytest.fixture
+def start_paused(tmp_path: Path):
     """Start `kdrun ARGUMENTS` in the background through tests/paused_kdrun.py; returns it and its marker folder.
 
     pause_after="<phase>:<epoch>": the run writes markers/paused and waits there until markers/release exists,
     so a signal sent after the marker appeared lands at that point, on a fast machine as on a slow one.
     mark_locks: the run writes markers/locking-<entry> just before it takes a model cache lock.
-    pause_at_step="<phase>:<step>": the same for a `kdrun diffusion` phase, after that optimiser step.
+    pause_at_step="<phase>:<step>": the same pause for a `kdrun diffusion` phase, after that optimiser step.
+    A run still alive when the test ends (a failed test left it paused) is killed.
     """
-    markers = Path(tempfile.mkdtemp(dir=cwd, prefix="markers-"))
-    env = kdrun_env({"KDRUN_TEST_MARKERS": str(markers), "KDRUN_TEST_PAUSE_AFTER": pause_after,
-                     "KDRUN_TEST_MARK_LOCKS": "1" if mark_locks else "", "KDRUN_TEST_PAUSE_AT_STEP": pause_at_step})
-    command = [sys.executable, str(REPO / "tests" / "paused_kdrun.py"), *arguments]
-    process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return process, markers
+    started: list[subprocess.Popen] = []
+
+    def start(*arguments: str, cwd: Path, pause_after: str = "", mark_locks: bool = False,
+              pause_at_step: str = "") -> tuple[subprocess.Popen, Path]:
+        markers = Path(tempfile.mkdtemp(dir=cwd, prefix="markers-"))
+        env = kdrun_env({"KDRUN_TEST_MARKERS": str(markers), "KDRUN_TEST_PAUSE_AFTER": pause_after,
+                         "KDRUN_TEST_MARK_LOCKS": "1" if mark_locks else "", "KDRUN_TEST_PAUSE_AT_STEP": pause_at_step})
+        command = [sys.executable, str(REPO / "tests" / "paused_kdrun.py"), *arguments]
+        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started.append(process)
+        return process, markers
+
+    yield start
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
 
 
 def wait_for_marker(process: subprocess.Popen, marker: Path, deadline_seconds: float = 300) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -85,6 +86,10 @@ def install_lock_markers() -> None:
 
 
 def main() -> None:
+    # Ctrl-C as at a terminal: a process started in the background by a shell without job control (nohup,
+    # `cmd &` in a script, some CI runners) inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt. The test models a user pressing Ctrl-C on a foreground run.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, str(REPO))
     if os.environ.get("KDRUN_TEST_PAUSE_AFTER"):
         install_pause(os.environ["KDRUN_TEST_PAUSE_AFTER"])

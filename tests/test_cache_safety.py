@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import read_summary, start_paused, wait_for_marker, write_idx
+from conftest import read_summary, wait_for_marker, write_idx
 from kdrun.models import build_model
 from kdrun.training.teacher_cache import ModelCache
 
@@ -20,7 +20,7 @@ ARGUMENTS = ["teacher_epochs=3", "student_epochs=1", "teacher.hidden=[32]", "dat
              "trainer.progress=false"]
 
 
-def test_two_concurrent_runs_train_the_teacher_once(tmp_path: Path):
+def test_two_concurrent_runs_train_the_teacher_once(tmp_path: Path, start_paused):
     """Run a holds the teacher's cache lock, paused inside its teacher phase, while run b reaches that lock:
     b must wait for a's entry and load it. The pause makes this order certain, not a matter of timing."""
     def start(name: str, **pause) -> tuple[subprocess.Popen, Path]:

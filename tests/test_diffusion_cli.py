@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_metrics, read_summary, run_kdrun, start_paused, wait_for_marker
+from conftest import read_metrics, read_summary, run_kdrun, wait_for_marker
 
 # 4 -> 2 -> 1 steps with a U-Net of 8/16 channels, 64 training images, 24 samples per FID: seconds per run.
 TINY = [
@@ -84,7 +84,7 @@ def test_a_second_run_reuses_the_cached_teacher_and_classifier_and_measures_the_
     assert [row["distilled_fid"] for row in second["rows"]] == [row["distilled_fid"] for row in first["rows"]]
 
 
-def test_ctrl_c_then_resume_ends_like_an_uninterrupted_run(finished, tmp_path):
+def test_ctrl_c_then_resume_ends_like_an_uninterrupted_run(finished, tmp_path, start_paused):
     run_dir = tmp_path / "run"
     process, markers = start_paused("diffusion", *TINY, f"hydra.run.dir='{run_dir}'", f"cache_dir={tmp_path / 'cache'}",
                                     cwd=tmp_path, pause_at_step="distill_2:2")

@@ -15,7 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load
 
 import kdrun.training.checkpoint as checkpoint_module
-from conftest import read_metrics, read_summary, run_kdrun, start_paused, wait_for_marker
+from conftest import read_metrics, read_summary, run_kdrun, wait_for_marker
 from kdrun.data import DATASETS, make_splits
 from kdrun.data.batches import InMemoryBatches
 from kdrun.methods import CrossEntropy
@@ -29,10 +29,14 @@ ARGUMENTS = ["teacher_epochs=2", "student_epochs=5", "teacher.hidden=[32]", "dat
 TIMING = ("seconds", "samples_per_s")  # the only fields allowed to differ between two runs
 
 
-def start(run_dir: Path, cache: Path, pause_after: str, *extra: str) -> tuple[subprocess.Popen, Path]:
-    """A run of ARGUMENTS that stops and waits after `pause_after` ("<phase>:<epoch>")."""
-    return start_paused("train", *ARGUMENTS, f"hydra.run.dir='{run_dir}'", f"cache_dir={cache}", *extra,
-                        cwd=run_dir.parent, pause_after=pause_after)
+@pytest.fixture
+def start(start_paused):
+    def start_run(run_dir: Path, cache: Path, pause_after: str, *extra: str) -> tuple[subprocess.Popen, Path]:
+        """A run of ARGUMENTS that stops and waits after `pause_after` ("<phase>:<epoch>")."""
+        return start_paused("train", *ARGUMENTS, f"hydra.run.dir='{run_dir}'", f"cache_dir={cache}", *extra,
+                            cwd=run_dir.parent, pause_after=pause_after)
+
+    return start_run
 
 
 def signal_at_pause(process: subprocess.Popen, markers: Path, signal_number: int, where: str) -> None:
@@ -59,7 +63,7 @@ def reference(tmp_path_factory) -> Path:
     return root / "run"
 
 
-def test_kill_9_then_ctrl_c_then_resume_ends_bit_for_bit_like_an_uninterrupted_run(reference, tmp_path):
+def test_kill_9_then_ctrl_c_then_resume_ends_bit_for_bit_like_an_uninterrupted_run(reference, tmp_path, start):
     run_dir, cache = tmp_path / "run_T=4,method=weighted", tmp_path / "cache"  # ',' and '=' as in default run dir names
     first, markers = start(run_dir, cache, "independent:1")
     signal_at_pause(first, markers, signal.SIGKILL, "independent 1")
@@ -100,7 +104,7 @@ def test_kill_9_then_ctrl_c_then_resume_ends_bit_for_bit_like_an_uninterrupted_r
     assert again.returncode == 2 and "already completed" in again.stderr and again.stderr.count("\n") == 1
 
 
-def test_resume_with_the_default_checkpoint_interval(reference, tmp_path):
+def test_resume_with_the_default_checkpoint_interval(reference, tmp_path, start):
     """Short phases write only their final checkpoint: a kill loses the phase under way, which trains again."""
     run_dir, cache = tmp_path / "run", tmp_path / "cache"
     first, markers = start(run_dir, cache, "teacher:2", "trainer.checkpoint_seconds=30")
