@@ -400,3 +400,12 @@ def test_local_inception_weights_give_2048_d_features_of_grey_images(monkeypatch
     torch.save({"something": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(ConfigError, match="are not Inception-v3 weights"):
         inception_features(tmp_path / "other.pth")
+
+
+def test_a_resume_with_another_config_is_refused(tmp_path):
+    from kdrun.diffusion.checkpoint import PhaseCheckpoints
+
+    PhaseCheckpoints(tmp_path, {"distill.train_steps": 400}, resume=False, interval_seconds=0).check_config()
+    PhaseCheckpoints(tmp_path, {"distill.train_steps": 400}, resume=True, interval_seconds=0).check_config()
+    with pytest.raises(ConfigError, match="the run has distill.train_steps=400, now 500"):
+        PhaseCheckpoints(tmp_path, {"distill.train_steps": 500}, resume=True, interval_seconds=0).check_config()
