@@ -409,3 +409,18 @@ def test_a_resume_with_another_config_is_refused(tmp_path):
     PhaseCheckpoints(tmp_path, {"distill.train_steps": 400}, resume=True, interval_seconds=0).check_config()
     with pytest.raises(ConfigError, match="the run has distill.train_steps=400, now 500"):
         PhaseCheckpoints(tmp_path, {"distill.train_steps": 500}, resume=True, interval_seconds=0).check_config()
+
+
+def test_report_averages_seeds_and_pairs_the_difference_within_each_run():
+    from kdrun.diffusion.results import DiffusionSummary, StepRow
+    from kdrun.report.diffusion import cells, group_runs
+
+    def run(seed: int, ddim: float, distilled: float, status: str = "completed") -> DiffusionSummary:
+        rows = [StepRow(2, teacher_fid=ddim, distilled_fid=distilled, teacher_seconds_per_1000=1.0, distilled_seconds_per_1000=1.0)]
+        return DiffusionSummary(status, f"run{seed}", seed, [f"seed={seed}", "trainer.threads=1", "cache_dir=c"],
+                                dataset={"name": "digits"}, rows=rows)
+
+    groups = group_runs([run(0, 10.0, 4.0), run(1, 14.0, 6.0), run(2, 99.0, 1.0, status="failed"),
+                         DiffusionSummary("completed", "other", 0, ["seed=0", "distill.train_steps=5"], dataset={"name": "digits"})])
+    assert [group.label for group in groups] == ["digits defaults", "digits distill.train_steps=5"]
+    assert cells(groups[0], 2)[:4] == ["2", "12.00 ± 2.83", "5.00 ± 1.41", "-7.00 ± 1.41"]  # the failed run is left out

@@ -183,7 +183,7 @@ def group_runs(runs: list[DiffusionSummary]) -> list[Aggregate]:
     for run in runs:
         if run.status != "completed":
             continue
-        settings = [item for item in run.overrides if item.split("=", 1)[0].lstrip("+~") not in ("seed", "hydra.run.dir")]
+        settings = [item for item in run.overrides if not _incidental(item.split("=", 1)[0].lstrip("+~"))]
         label = f"{run.dataset.get('name', '')} " + (" ".join(settings) or "defaults")
         groups.setdefault(label, Aggregate(label)).runs.append(run)
     return list(groups.values())
@@ -203,6 +203,11 @@ def report_diffusion_runs(path: Path) -> bool:
             console.print(f"{run.status}: {run.run_dir} ({run.error})", markup=False, soft_wrap=True)
     console.print(f"wrote {', '.join(str(item) for item in written)}", markup=False, soft_wrap=True)
     return True
+
+
+def _incidental(key: str) -> bool:
+    """Overrides that do not change what a run measures: the seed (aggregated over), where and how it ran."""
+    return key in ("seed", "cache_dir", "device", "resume") or key.startswith(("trainer.", "hydra."))
 
 
 def build_diffusion_report(path: Path, runs: list[DiffusionSummary], console: Any) -> list[Path]:
