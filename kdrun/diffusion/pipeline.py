@@ -36,7 +36,7 @@ from kdrun.diffusion.schedule import CosineSchedule
 from kdrun.diffusion.target import denoising_terms
 from kdrun.diffusion.training import PhaseSettings, distill_round, frozen, new_state, train_phase
 from kdrun.files import load_weights, save_weights
-from kdrun.models import count_parameters
+from kdrun.models import build_model, count_parameters
 from kdrun.training.device import resolve_device
 from kdrun.training.from_config import load_data, plain
 from kdrun.training.resume import run_config
@@ -84,10 +84,15 @@ class DiffusionRun:
 
     def check_inputs(self) -> None:
         """Config and file mistakes surface in seconds, before anything trains: the network's shape rules,
-        a teacher checkpoint of another architecture, Inception weights that are missing or wrong."""
+        a teacher or FID-classifier checkpoint of another architecture, Inception weights missing or wrong."""
         network = self.new_network()
         if self.cfg.network.checkpoint:
             load_weights(optional_path(self.cfg.network.checkpoint), network, "network.checkpoint (teacher)")
+        classifier = plain(self.cfg.fid.classifier)
+        if classifier.get("checkpoint") and not self.wants_inception():
+            path = optional_path(classifier.pop("checkpoint"))
+            load_weights(path, build_model(classifier.pop("name"), self.shape, self.data.num_classes, **classifier),
+                         "fid.classifier.checkpoint")
         self.inception = inception_features(self.inception_weights()) if self.wants_inception() else None
 
     def wants_inception(self) -> bool:
