@@ -157,7 +157,3 @@ def reject_unknown_keys(cfg: DictConfig, schema: type = RootSchema, command: str
         key = getattr(error, "full_key", None) or getattr(error, "key", None) or str(error).split("'")[1]
         raise ConfigError(f"unknown config key '{key}'", f"see `kdrun {command} --cfg job` for the valid keys") from None
 
-
-def optional_path(value: Optional[str]) -> Optional[Path]:
-    """A config path value as an absolute Path, or None when unset."""
-    return None if value in (None, "") else Path(str(value)).expanduser().resolve()

@@ -14,9 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from kdrun.training.loop import EpochRecord
+from kdrun.results import EpochRecord, PhaseSummary, RunSummary
 
-PHASE_LABELS = {"teacher": "teacher", "independent": "independent", "distilled": "distilled"}
 COMPRESSION_COLUMNS = ("non-zero", "MB", "CPU ms")  # shown when a run has compression stages
 
 
@@ -46,7 +45,7 @@ class ProgressDisplay:
     def phase_started(self, phase: str, epochs: int, steps_per_epoch: int) -> None:
         if self.enabled:
             self.progress.start()
-            self.tasks[phase] = self.progress.add_task(PHASE_LABELS.get(phase, phase), total=epochs * steps_per_epoch)
+            self.tasks[phase] = self.progress.add_task(phase, total=epochs * steps_per_epoch)
 
     def step_done(self, phase: str) -> None:
         if self.enabled:
@@ -61,27 +60,28 @@ class ProgressDisplay:
             self.progress.stop()
 
 
-def results_table(summary: dict[str, Any]) -> Table:
+def results_table(summary: RunSummary) -> Table:
     """Teacher / independent / distilled: test accuracy (best-val weights and last epoch), size, time."""
-    table = Table(title=f"kdrun: {summary.get('dataset', {}).get('name', '')} ({summary['status']})", title_justify="left")
-    compressed = any("latency_ms" in result for result in summary["phases"].values())
+    name = summary.dataset.name if summary.dataset is not None else ""
+    table = Table(title=f"kdrun: {name} ({summary.status})", title_justify="left")
+    compressed = any(result.compressed for result in summary.phases.values())
     columns = ("phase", "source", "test acc", "last epoch", "best epoch", "params", "time")
     for column in columns + (COMPRESSION_COLUMNS if compressed else ()):
         table.add_column(column, justify="left" if column in ("phase", "source") else "right", no_wrap=True)
-    for phase, result in summary["phases"].items():
+    for phase, result in summary.phases.items():
         table.add_row(
-            PHASE_LABELS.get(phase, phase),
-            result["source"],
-            f"{result['test_acc']:.4f}",
-            f"{result['test_acc_last']:.4f}",
-            "-" if result.get("best_epoch") is None else str(result["best_epoch"]),
-            f"{result['params']:,}",
-            f"{result['seconds']:.1f}s",
+            phase,
+            result.source,
+            f"{result.test_acc:.4f}",
+            f"{result.test_acc_last:.4f}",
+            "-" if result.best_epoch is None else str(result.best_epoch),
+            f"{result.params:,}",
+            f"{result.seconds:.1f}s",
             *(compression_cells(result) if compressed else ()),
         )
-    gap = summary.get("gap_recovered")
-    distilled = summary["phases"].get("distilled", {})
-    method = f"method {distilled['method']}, T={distilled['T']:g}, alpha={distilled['alpha']:g}; " if distilled else ""
+    gap = summary.gap_recovered
+    distilled = summary.phases.get("distilled")
+    method = f"method {distilled.method}, T={distilled.T:g}, alpha={distilled.alpha:g}; " if distilled else ""
     table.caption = (
         f"test acc: best-validation weights. {method}gap recovered: "
         + ("n/a" if gap is None else f"{gap:.2f}")
@@ -92,14 +92,14 @@ def results_table(summary: dict[str, Any]) -> Table:
     return table
 
 
-def compression_cells(result: dict[str, Any]) -> tuple[str, ...]:
+def compression_cells(result: PhaseSummary) -> tuple[str, ...]:
     """Non-zero parameters, size on disk (MB) and median CPU ms per batch; '-' for rows not measured (teacher)."""
-    if "latency_ms" not in result:
+    if not result.compressed:
         return ("-",) * len(COMPRESSION_COLUMNS)
-    return (f"{result['nonzero_params']:,}", f"{result['size_mb']:.3f}", f"{result['latency_ms']:.2f}")
+    return (f"{result.nonzero_params:,}", f"{result.size_mb:.3f}", f"{result.latency_ms:.2f}")
 
 
-def print_results(summary: dict[str, Any], run_dir: Path, console: Console, file_log: logging.Logger) -> None:
+def print_results(summary: RunSummary, run_dir: Path, console: Console, file_log: logging.Logger) -> None:
     """Print the table to stdout and its plain-text form into train.log."""
     table = results_table(summary)
     console.print(table)

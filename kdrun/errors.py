@@ -1,10 +1,19 @@
 """The two kinds of failure a user can meet, each with a fix.
 
 Library code raises these at the boundary where the problem is detected; only `kdrun.cli`
-catches them, prints `kdrun: error: <message> (<hint>)` and exits with `exit_code`.
+catches them, prints `kdrun: error: <message> (<hint>)` and exits with `exit_code` (with
+HYDRA_FULL_ERROR=1 it shows the traceback instead). The one other catch is a job of a sweep, which
+records its own failure in its summary and sweep row so that the other jobs still run.
 """
 
 from __future__ import annotations
+
+import os
+
+
+def tracebacks_requested() -> bool:
+    """HYDRA_FULL_ERROR=1, as the user set it (kdrun sets Hydra's own copy to 1): show tracebacks, not one line."""
+    return os.environ.get("KDRUN_USER_HYDRA_FULL_ERROR", os.environ.get("HYDRA_FULL_ERROR", "")) == "1"
 
 
 class KdrunError(Exception):
@@ -33,3 +42,9 @@ class RunError(KdrunError):
     """The run started but could not complete (e.g. loss became NaN). Exit code 1."""
 
     exit_code = 1
+
+
+class Interrupted(KdrunError):
+    """The user stopped a run (Ctrl-C); its summary.json says so and `kdrun resume` continues it. Exit code 130."""
+
+    exit_code = 130

@@ -11,17 +11,19 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from kdrun.errors import ConfigError
-from kdrun.training.distributed import is_main
+from kdrun.parallel import is_main
+
+if TYPE_CHECKING:  # torch is imported by the functions that read or write tensors: reports and help stay torch-free
+    import torch
+    from torch import nn
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
-    if not is_main():  # under torchrun rank 0 writes the one copy (kdrun/training/distributed.py)
+    """`data` as the whole new content of `path`; under torchrun only the writing rank writes (kdrun/parallel.py)."""
+    if not is_main():
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -34,6 +36,22 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def remove(path: Path) -> None:
+    """Delete a file kdrun wrote (a stale summary.json, an unreadable checkpoint); a no-op if it is gone."""
+    if is_main():
+        path.unlink(missing_ok=True)
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one line and sync it to disk (metrics.jsonl, sweep.jsonl): a kill loses at most the line being written."""
+    if not is_main():
+        return
+    with open(path, "a", encoding="utf-8") as stream:
+        stream.write(line + "\n")
+        stream.flush()
+        os.fsync(stream.fileno())
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -105,6 +123,8 @@ def _read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as error:
             raise ConfigError(f"{what} {path} is not a readable safetensors file ({error})", "replace it") from None
+    import torch
+
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many types for untrusted/corrupt pickles

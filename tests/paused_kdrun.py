@@ -72,9 +72,9 @@ def install_step_pause(spec: str) -> None:
 
 
 def install_lock_markers() -> None:
-    from kdrun.training import teacher_cache
+    from kdrun import model_cache
 
-    original = teacher_cache.ModelCache.locked
+    original = model_cache.ModelCache.locked
 
     @contextlib.contextmanager
     def marked(self, entry):
@@ -82,7 +82,7 @@ def install_lock_markers() -> None:
         with original(self, entry):
             yield
 
-    teacher_cache.ModelCache.locked = marked
+    model_cache.ModelCache.locked = marked
 
 
 def main() -> None:

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import read_summary, wait_for_marker, write_idx
+from kdrun.model_cache import ModelCache
 from kdrun.models import build_model
-from kdrun.training.teacher_cache import ModelCache
 
 ARGUMENTS = ["teacher_epochs=3", "student_epochs=1", "teacher.hidden=[32]", "dataset.max_train_samples=300",
              "trainer.progress=false"]

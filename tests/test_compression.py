@@ -53,7 +53,7 @@ def make_context(tmp_path: Path) -> StageContext:
         settings.epochs = epochs
         return train_phase(phase, model, objective, batches(train, True), batches(val), batches(test), settings, Silent())
 
-    splits = {"train_eval": train, "val": val, "test": test}
+    splits = {"train": train, "val": val, "test": test}
     return StageContext(
         run_dir=tmp_path, objective=CrossEntropy(), train=train_for,
         evaluate=lambda model, split: evaluate(model, batches(splits[split])),

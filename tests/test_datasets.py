@@ -111,11 +111,14 @@ def test_crop_flip_is_seeded_and_keeps_shape():
 
 @pytest.mark.parametrize(
     "layout, expected",
-    [("missing", "is not a folder"), ("empty_class", "is empty"), ("corrupt", "cannot read image file")],
+    [("missing", "is not a folder"), ("empty_class", "is empty"), ("corrupt", "cannot read image file"),
+     ("single_class", "has only one class folder ('a'); a classifier needs at least two (add one sub-folder")],
 )
 def test_bad_image_folders_are_one_line_cli_errors(tmp_path: Path, layout: str, expected: str):
     root = tmp_path / "images"
-    if layout != "missing":
+    if layout == "single_class":  # no train/ split: root/<class>/*, one class only
+        write_tree(root, {"a": 4})
+    elif layout != "missing":
         write_tree(root / "train", {"a": 2, "b": 2})
         write_tree(root / "test", {"a": 1, "b": 1})
         if layout == "empty_class":
@@ -125,3 +128,5 @@ def test_bad_image_folders_are_one_line_cli_errors(tmp_path: Path, layout: str, 
     result = run_kdrun("train", "dataset=imagefolder", f"dataset.root={root}", "dataset.image_size=8", cwd=tmp_path)
     assert result.returncode == 2 and expected in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    if layout == "single_class":
+        assert f"kdrun: error: {root} has only one class folder" in result.stderr  # names the folder

@@ -18,10 +18,11 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, read_metrics, read_summary, run_kdrun
+from kdrun import parallel
 from kdrun.data.base import Split
 from kdrun.data.batches import InMemoryBatches
 from kdrun.data.sharded import ShardedBatches
-from kdrun.training import distributed
+from kdrun.training import ddp
 
 # Small but real: digits, 600 training samples (600 % 32 = 24: the last batch splits 12/12), no dropout
 # so that the only difference between the runs is the order of floating point sums.
@@ -70,7 +71,7 @@ def test_two_processes_write_one_run_matching_the_single_process_run(tmp_path):
 def test_a_failing_rank_ends_the_run_non_zero_without_a_completed_summary(tmp_path):
     run_dir = tmp_path / "run"
     result = torchrun(*TINY, f"hydra.run.dir={run_dir}", f"cache_dir={tmp_path / 'cache'}", cwd=tmp_path,
-                      extra_env={distributed.FAIL_RANK_ENV: "1"})
+                      extra_env={ddp.FAIL_RANK_ENV: "1"})
     assert result.returncode != 0
     assert "kdrun: error: rank 1 of 2: rank 1 failed on purpose" in result.stderr
     summaries = [json.loads(path.read_text()) for path in tmp_path.rglob("summary.json")]
@@ -82,17 +83,19 @@ LEFTOVER_WRAPPERS = """
 import gc
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from kdrun.training import distributed
+from kdrun import parallel
 
 class Holder:  # a reference cycle around a DDP wrapper, as training leaves behind
     pass
 
-with distributed.session():
+with parallel.session():
     holder = Holder()
     holder.itself, holder.wrapper = holder, DistributedDataParallel(nn.Linear(2, 2))
     del holder
 alive = sum(isinstance(thing, DistributedDataParallel) for thing in gc.get_objects())
-print(f"rank {distributed.environment_rank()}: {alive} DDP wrappers alive", flush=True)
+rank = parallel.environment_rank()
+with open(f"rank{rank}.txt", "w") as stream:  # a file per rank: the ranks' stdout lines can interleave
+    stream.write(f"rank {rank}: {alive} DDP wrappers alive")
 """
 
 
@@ -105,21 +108,15 @@ def test_session_frees_ddp_wrappers_before_the_process_group_ends(tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone", str(script)]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert sorted(line for line in result.stdout.splitlines() if "DDP" in line) == [
+    assert [(tmp_path / f"rank{rank}.txt").read_text() for rank in (0, 1)] == [
         "rank 0: 0 DDP wrappers alive", "rank 1: 0 DDP wrappers alive"]
 
 
 def shards(count: int, batch_size: int, world_size: int, shuffle: bool) -> list[ShardedBatches]:
     """Each rank's ShardedBatches over the same split, built as that rank would (no process group needed)."""
     split = Split(torch.zeros(count, 1, 2, 2, dtype=torch.uint8), torch.arange(count) % 10)
-    made = []
-    for rank in range(world_size):
-        distributed._topology = distributed.Topology(rank, world_size, rank)
-        try:
-            made.append(ShardedBatches(split, [0.0], [1.0], batch_size, torch.device("cpu"), shuffle, seed=3))
-        finally:
-            distributed._topology = distributed.SINGLE
-    return made
+    return [ShardedBatches(split, [0.0], [1.0], batch_size, torch.device("cpu"), shuffle, seed=3,
+                           topology=parallel.Topology(rank, world_size, rank)) for rank in range(world_size)]
 
 
 @pytest.mark.parametrize("count, batch_size, world_size", [(100, 32, 2), (101, 32, 2), (100, 30, 3), (98, 32, 4)])
@@ -147,12 +144,12 @@ def test_evaluation_shares_cover_the_split_once():
 
 
 def test_single_process_helpers_are_no_ops():
-    assert not distributed.is_active() and distributed.is_main()
+    assert not parallel.is_active() and parallel.is_main()
     tensor = torch.tensor([3.0])
-    assert distributed.all_reduce_sum(tensor) is tensor
-    assert distributed.broadcast_object("x") == "x"
+    assert parallel.all_reduce_sum(tensor) is tensor
+    assert parallel.broadcast_object("x") == "x"
     objective = torch.nn.Identity()
-    assert distributed.synchronised(torch.nn.Linear(1, 1), objective, None) is objective
+    assert ddp.synchronised(torch.nn.Linear(1, 1), objective) is objective
 
 
 needs_submitit = pytest.mark.skipif(

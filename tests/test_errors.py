@@ -113,3 +113,20 @@ def assert_one_line_error(result, exit_code: int, expected: str) -> None:
     assert len(errors) == 1 and expected in errors[0], result.stderr
     assert "(" in errors[0] and errors[0].rstrip().endswith(")"), "the line names a fix in parentheses"
     assert "Traceback" not in result.stderr
+
+
+def test_a_failed_download_is_one_config_error_and_the_socket_timeout_is_restored():
+    import socket
+
+    from kdrun.download import DOWNLOAD_TIMEOUT_SECONDS, downloading
+    from kdrun.errors import ConfigError
+
+    before = socket.getdefaulttimeout()
+    seen = []
+    with pytest.raises(ConfigError) as caught:
+        with downloading("cannot fetch X", "put X in /data"):
+            seen.append(socket.getdefaulttimeout())
+            raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+    assert seen == [DOWNLOAD_TIMEOUT_SECONDS] and socket.getdefaulttimeout() == before
+    assert caught.value.one_line() == ("cannot fetch X (<urlopen error [Errno -3] Temporary failure in name resolution>) "
+                                       "(put X in /data)")

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from kdrun.training.loop import _epoch_totals
-from kdrun.training.optimizer_step import FastStep
+from kdrun.training.speed import adam
+from kdrun.training.speed.adam import FastStep
 
 
 def model_and_batches(seed: int = 0) -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
@@ -117,6 +118,24 @@ def test_a_parameter_without_gradient_and_step_hooks_fall_back_to_torchs_step():
     optimizer.register_step_post_hook(lambda *args: hook_calls.append(1))
     train(model, batches, optimizer, True)
     assert len(hook_calls) == 6
+
+
+def test_the_direct_call_is_made_only_on_verified_torch_versions(monkeypatch):
+    """torch._fused_adam_ is private: on an unverified torch FastStep is torch's own step, every time."""
+    assert adam.torch_minor("2.14.1+cu128") == (2, 14) and adam.torch_minor("2.9.0a0") == (2, 9)
+    assert adam.direct_call_verified("2.14.0") and not adam.direct_call_verified("2.15.0")
+    assert not adam.direct_call_verified("2.13.1")
+    assert adam.DIRECT_CALL == adam.direct_call_verified(torch.__version__)
+    monkeypatch.setattr(adam, "DIRECT_CALL", False)
+    made = []
+
+    def make(parameters):
+        optimizer = torch.optim.Adam(parameters, lr=0.01, fused=True)
+        made.append(count_official_steps(optimizer))
+        return optimizer
+
+    assert_same_training(make)
+    assert made[1][0] == 6  # the fallback: every step through optimizer.step()
 
 
 def test_epoch_totals_weigh_each_term_by_its_batch_size_even_when_a_term_skips_steps():

@@ -14,18 +14,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from conftest import REPO, TINY, read_summary, run_kdrun
+from conftest import REPO, TINY, kdrun_env, read_summary, run_kdrun
 from kdrun.bench.reference import loaders, train_reference
 from kdrun.data import DATASETS, make_splits
 from kdrun.data.batches import InMemoryBatches
 from kdrun.errors import ConfigError
 from kdrun.methods import CrossEntropy, FrozenTeacher
 from kdrun.models import build_model
-from kdrun.models.fast_dropout import FastDropout, use_fast_dropout
 from kdrun.training import loop
 from kdrun.training.loop import PhaseSettings, train_phase
 from kdrun.training.run_files import Observers
-from kdrun.training.speed import resolve_speed
+from kdrun.training.speed import FastDropout, resolve_speed, use_fast_dropout
 
 CPU = torch.device("cpu")
 
@@ -194,7 +193,7 @@ def test_the_test_split_is_evaluated_once_when_the_best_epoch_is_the_last(monkey
 
 MMAPPED_BLOCKS_FOR_A_16_MIB_MALLOC = """
 import ctypes, sys, torch
-from kdrun.training.device import reuse_freed_host_memory
+from kdrun.training.speed import reuse_freed_host_memory
 
 class MallInfo2(ctypes.Structure):  # glibc >= 2.33
     _fields_ = [(name, ctypes.c_size_t) for name in
@@ -271,3 +270,24 @@ def test_flush_denormal_setting_resolves_per_device():
     assert not resolve_speed("fp32", "auto", False, cuda, "auto", True).flush_denormal
     with pytest.raises(ConfigError, match="flush_denormal"):
         resolve_speed("fp32", "auto", False, cpu, "auto", "sometimes")
+
+
+def test_the_switch_bench_times_every_switch_both_ways(tmp_path):
+    """`kdrun bench --switches`: each switch's steps run on and off (a few steps here; the bench times 200)."""
+    code = ("from kdrun.bench import switches as s\n"
+            "s.TIMED_STEPS, s.BORDER_STEPS = 3, 1\n"
+            "s.WORKLOADS = {name: (model, lr, 2, bf16) for name, (model, lr, _, bf16) in s.WORKLOADS.items()}\n"
+            "print(sorted(s.WORKLOADS), [len(s.step_times(name, on)) for name in sorted(s.WORKLOADS) for on in (True, False)])\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=kdrun_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ("['fast_dropout', 'fast_step', 'flush_denormal', 'host_memory', 'host_memory_bf16'] "
+                                     "[3, 3, 3, 3, 3, 3, 3, 3, 3, 3]")
+
+
+def test_the_switch_bench_report_reads_its_measurements(capsys):
+    from kdrun.bench import switches
+
+    one = {"cpu_ms": 1.0, "wall_ms": 2.0, "faults": 3}
+    switches.report({name: {"on": [one], "off": [{**one, "cpu_ms": 1.5}]} for name in switches.WORKLOADS})
+    out = capsys.readouterr().out
+    assert "1.50x" in out and "3 / 3" in out and "fast_step" in out

@@ -8,7 +8,6 @@ import statistics
 from pathlib import Path
 
 from conftest import run_kdrun
-
 from kdrun.report import group_runs, load_runs
 
 TINY = ["teacher_epochs=1", "student_epochs=1", "trainer.progress=false", "teacher.hidden=[32]", "dataset.max_train_samples=200"]
@@ -80,3 +79,33 @@ def test_other_swept_settings_are_grouped_apart_not_averaged(tmp_path: Path) -> 
         ("weighted (method.scale_by_T2=false)", 2), ("weighted (method.scale_by_T2=true)", 2),
     ]  # dataset.root is the same everywhere, so it does not split or label the groups
     assert groups[0].mean_std("distilled")[0] == (0.8 + 0.81) / 2
+
+
+def test_corrupt_summaries_are_named_and_the_readable_runs_reported(tmp_path: Path) -> None:
+    write_summary(tmp_path / "a0", 0, 0.5, 0.6, "teacher-1")
+    write_summary(tmp_path / "a1", 1, 0.5, 0.7, "teacher-1")
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "summary.json").write_text('{"status": "completed", "phases": {"teach')  # cut off mid-write
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / "summary.json").write_text("[1, 2]")
+    result = run_kdrun("report", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr  # something was readable: the report is written
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("kdrun: warning: ")]
+    assert len(warnings) == 2 and "Traceback" not in result.stderr
+    assert f"skipped {tmp_path / 'list' / 'summary.json'} is unreadable (not a kdrun summary" in warnings[0]
+    assert f"skipped {tmp_path / 'torn' / 'summary.json'} is unreadable (Unterminated string" in warnings[1]
+    assert all(line.endswith("reporting the 2 readable run(s)") for line in warnings)
+    with open(tmp_path / "report.csv") as stream:
+        assert sorted(row["seed"] for row in csv.DictReader(stream)) == ["0", "1"]
+
+
+def test_only_corrupt_summaries_is_a_one_line_error_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text("")
+    result = run_kdrun("report", str(tmp_path), cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"kdrun: error: no readable run under {tmp_path}: {tmp_path / 'run' / 'summary.json'} is unreadable "
+        "(Expecting value: line 1 column 1 (char 0)) (fix or delete the unreadable summary.json files; each run "
+        "writes its own when it ends)")
+    assert not (tmp_path / "report.md").exists()

@@ -14,6 +14,7 @@ from kdrun.data.base import Split
 from kdrun.data.image_files import ImageFiles
 from kdrun.data.streaming import StreamingBatches, batches_for_this_rank
 from kdrun.errors import ConfigError
+from kdrun.parallel import Topology
 
 CPU = torch.device("cpu")
 TIMING = ("seconds", "samples_per_s")
@@ -90,28 +91,24 @@ def test_the_fingerprint_of_streamed_files_changes_when_a_file_changes(tmp_path)
     assert ImageFiles(paths, 8, 0, False).fingerprint() != before
 
 
-def test_under_torchrun_each_rank_streams_its_share_of_the_single_process_batches(tmp_path, monkeypatch):
-    from kdrun.training import distributed
-
+def test_under_torchrun_each_rank_streams_its_share_of_the_single_process_batches(tmp_path):
     noisy_tree(tmp_path, {"a": 8, "b": 8})  # 16 files, global batch 6 over 2 ranks: 6, 6 and a last global batch of 4
     paths = sorted(tmp_path.rglob("*.png"))
     split = Split(ImageFiles(paths, 8, 1, False), torch.tensor([int(path.parent.name == "b") for path in paths]))
     single = [batch.indices.tolist() for batch in StreamingBatches(split, [0.5] * 3, [0.3] * 3, 6, CPU, True, seed=5)]
-    monkeypatch.setattr(distributed, "is_active", lambda: True)
     per_rank, global_sizes = [], []
     for rank in range(2):
-        monkeypatch.setattr(distributed, "_topology", distributed.Topology(rank, 2, rank))
-        batches = batches_for_this_rank(split, [0.5] * 3, [0.3] * 3, 6, CPU, True, seed=5)
+        batches = batches_for_this_rank(split, [0.5] * 3, [0.3] * 3, 6, CPU, True, seed=5, topology=Topology(rank, 2, rank))
         steps = []
         for batch in batches:
             steps.append(batch.indices.tolist())
-            global_sizes.append(batches.current_global_size)
+            global_sizes.append(batch.global_size)
         per_rank.append(steps)
     assert len(per_rank[0]) == len(per_rank[1]) == 3
     assert [first + second for first, second in zip(*per_rank)] == single
-    assert global_sizes == [6, 6, 4] * 2  # read while each batch is in use, though the loader prefetches
+    assert global_sizes == [6, 6, 4] * 2  # each batch's own, though the loader prefetches
     with pytest.raises(ConfigError, match="batch_size=5"):
-        batches_for_this_rank(split, [0.5] * 3, [0.3] * 3, 5, CPU, True)
+        batches_for_this_rank(split, [0.5] * 3, [0.3] * 3, 5, CPU, True, topology=Topology(0, 2, 0))
 
 
 def test_dropped_streaming_batches_stop_their_workers_at_once(tmp_path):
@@ -133,15 +130,11 @@ def test_dropped_streaming_batches_stop_their_workers_at_once(tmp_path):
         gc.enable()
 
 
-def test_under_torchrun_a_batch_of_only_unreadable_files_is_an_error_not_a_skipped_step(tmp_path, monkeypatch):
-    from kdrun.training import distributed
-
+def test_under_torchrun_a_batch_of_only_unreadable_files_is_an_error_not_a_skipped_step(tmp_path):
     noisy_tree(tmp_path, {"a": 1})
     broken = tmp_path / "a" / "broken.png"
     broken.write_bytes(b"not an image")
     split = Split(ImageFiles([broken, tmp_path / "a" / "0.png"], 8, 0, True), torch.zeros(2, dtype=torch.int64))
-    monkeypatch.setattr(distributed, "is_active", lambda: True)
-    monkeypatch.setattr(distributed, "_topology", distributed.Topology(0, 2, 0))
-    rank_zero = batches_for_this_rank(split, [0.5] * 3, [0.3] * 3, 2, CPU, False)  # evaluation share: the broken file
+    rank_zero = batches_for_this_rank(split, [0.5] * 3, [0.3] * 3, 2, CPU, False, topology=Topology(0, 2, 0))  # evaluation share: the broken file
     with pytest.raises(ConfigError, match="every file of one of this rank's batches is unreadable"):
         list(rank_zero)

@@ -10,8 +10,9 @@ from kdrun.data import DATASETS, make_splits
 from kdrun.data.batches import InMemoryBatches
 from kdrun.methods import METHODS, CrossEntropy, FrozenTeacher
 from kdrun.models import build_model
+from kdrun.results import PhaseSummary, gap_recovered
 from kdrun.training.loop import PhaseSettings, train_phase
-from kdrun.training.run_files import Observers, gap_recovered
+from kdrun.training.run_files import Observers
 
 CPU = torch.device("cpu")
 
@@ -69,7 +70,29 @@ def test_distillation_leaves_teacher_frozen_and_unchanged():
 
 
 def test_gap_recovered():
-    phases = {"teacher": {"test_acc": 0.9}, "independent": {"test_acc": 0.7}, "distilled": {"test_acc": 0.8}}
+    def row(test_acc: float) -> PhaseSummary:
+        return PhaseSummary("trained", test_acc, test_acc, 1, test_acc, 10, 0.1)
+
+    phases = {"teacher": row(0.9), "independent": row(0.7), "distilled": row(0.8)}
     assert abs(gap_recovered(phases) - 0.5) < 1e-12
-    assert gap_recovered({**phases, "teacher": {"test_acc": 0.7}}) is None
-    assert gap_recovered({"teacher": {"test_acc": 0.9}, "distilled": {"test_acc": 0.8}}) is None
+    assert gap_recovered({**phases, "teacher": row(0.7)}) is None  # no gap to recover
+    assert gap_recovered({"teacher": row(0.9), "distilled": row(0.8)}) is None  # no independent baseline
+
+
+def test_the_loop_announces_every_epoch_to_the_objective():
+    """Epoch-wise warm-ups (DKD) rely on begin_epoch(epoch, epochs), 1-based, before the epoch's steps."""
+    calls = []
+
+    class Recording(CrossEntropy):
+        def begin_epoch(self, epoch: int, epochs: int) -> None:
+            calls.append((epoch, epochs, self.steps))
+
+        def begin_step(self, step: int, total_steps: int) -> None:
+            self.steps = step + 1
+
+    data = digits()
+    objective = Recording()
+    objective.steps = 0
+    steps = len(batches(data, "train", True))
+    train(data, build_model("mlp", data.input_shape, 10, hidden=[8]), objective, epochs=3)
+    assert calls == [(1, 3, 0), (2, 3, steps), (3, 3, 2 * steps)]

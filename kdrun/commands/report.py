@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from pathlib import Path
 from typing import Any
-
-from kdrun.cli import fail
-from kdrun.errors import KdrunError
 
 
 def main(arguments: list[str]) -> None:
     parser = argparse.ArgumentParser(prog="kdrun report", description="Tables and plots for a run dir or a sweep dir.")
     parser.add_argument("path", type=Path, help="a run dir (holds summary.json) or a sweep dir (runs below it)")
     options = parser.parse_args(arguments)
-    try:
-        build_report(options.path.expanduser().resolve())
-    except KdrunError as error:
-        fail(error.one_line(), error.exit_code)
+    logging.basicConfig(level=logging.WARNING, format="kdrun: warning: %(message)s", stream=sys.stderr)  # e.g. a skipped summary
+    build_report(options.path.expanduser().resolve())
 
 
 def build_report(path: Path) -> None:

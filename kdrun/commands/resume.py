@@ -11,7 +11,7 @@ import argparse
 import importlib
 from pathlib import Path
 
-from kdrun.cli import fail
+from kdrun.errors import ConfigError
 
 NOT_REPEATED = ("resume", "hydra.run.dir")  # set here; an earlier resume recorded them among the overrides
 
@@ -46,13 +46,13 @@ def original_overrides(run_dir: Path) -> list[str]:
 
     path = run_dir / ".hydra" / "overrides.yaml"
     if not path.is_file():
-        fail(f"{run_dir} is not a kdrun run dir (no .hydra/overrides.yaml) (pass the dir of an interrupted run)", 2)
+        raise ConfigError(f"{run_dir} is not a kdrun run dir (no .hydra/overrides.yaml)", "pass the dir of an interrupted run")
     try:
         overrides = yaml.safe_load(path.read_text()) or []
     except yaml.YAMLError as error:
-        fail(f"{path} is unreadable ({' '.join(str(error).split())[:120]}) (restore it or rerun kdrun train)", 2)
+        raise ConfigError(f"{path} is unreadable ({' '.join(str(error).split())[:120]})", "restore it or rerun kdrun train") from None
     if not isinstance(overrides, list) or not all(isinstance(item, str) for item in overrides):
-        fail(f"{path} is not a list of overrides (restore it or rerun kdrun train)", 2)
+        raise ConfigError(f"{path} is not a list of overrides", "restore it or rerun kdrun train")
     return [item for item in overrides if item.split("=", 1)[0].lstrip("+~") not in NOT_REPEATED]
 
 

@@ -82,7 +82,7 @@ class StaticInt8:
 
     def quantize(self, model: nn.Module, context: Any, options: dict[str, Any]) -> tuple[nn.Module, None]:
         converted = copy.deepcopy(model).cpu().eval()
-        maxima = calibrate(converted, context.batches("train_eval", torch.device("cpu")), options["calibration_batches"])
+        maxima = calibrate(converted, context.batches("train", torch.device("cpu")), options["calibration_batches"])
         log.info("static_int8 calibration: max |input| per Linear %s", {name: round(value, 3) for name, value in maxima.items()})
         return self.convert(converted, {name: max(value, 1e-8) / 127.0 for name, value in maxima.items()}), None
 

@@ -22,7 +22,7 @@ from kdrun.errors import ConfigError
 from kdrun.methods.base import Objective
 from kdrun.models import count_parameters
 from kdrun.registry import Registry
-from kdrun.training.loop import PhaseResult
+from kdrun.results import PhaseResult, PhaseSummary
 
 log = logging.getLogger("kdrun")
 
@@ -35,7 +35,7 @@ class StageContext:
     objective: Objective  # the distilled phase's objective: fine-tuning keeps distilling
     train: Callable[[str, nn.Module, Objective, int], PhaseResult]  # the run's one training loop
     evaluate: Callable[[nn.Module, str], float]  # accuracy on 'val' or 'test', on the model's device
-    batches: Callable[[str, torch.device], Iterable[Batch]]  # evaluation batches of a split ('train_eval' too)
+    batches: Callable[[str, torch.device], Iterable[Batch]]  # a whole split in evaluation batches, in order, on a device
     latency_inputs: torch.Tensor  # one batch of test inputs, timed on the CPU
     latency_repeats: int
 
@@ -77,14 +77,12 @@ def build_stages(names: list[str], options: dict[str, dict[str, Any]], student: 
 def check_stage_order(names: list[str]) -> None:
     if len(set(names)) != len(names):
         raise ConfigError(f"compress={names} lists a stage twice", "list each stage once, e.g. compress=[prune,quantize]")
-    for position, name in enumerate(names[:-1]):
+    for name in names[:-1]:
         if getattr(STAGES.get(name), "final", False):
             raise ConfigError(f"compress={names}: '{name}' must be the last stage", f"move '{name}' to the end of the list")
 
 
-def run_stages(
-    stages: list[Stage], model: nn.Module, context: StageContext, phases: dict[str, dict[str, Any]], source: str
-) -> None:
+def run_stages(stages: list[Stage], model: nn.Module, context: StageContext, phases: dict[str, PhaseSummary], source: str) -> None:
     """Apply the stages in order; each row lands in `phases` as soon as its stage is done."""
     measure_phase(phases[source], model, context)
     for stage in stages:
@@ -94,29 +92,27 @@ def run_stages(
         phases[stage.phase] = row
         log.info(
             "%s: test %.4f, %d of %d weights non-zero, %.3f MB, %.2f ms per batch (CPU)",
-            stage.phase, row["test_acc"], row["nonzero_params"], row["params"], row["size_mb"], row["latency_ms"],
+            stage.phase, row.test_acc, row.nonzero_params, row.params, row.size_mb, row.latency_ms,
         )
         model, source = outcome.model, stage.phase
 
 
-def stage_row(outcome: StageOutcome, context: StageContext, source: str, seconds: float) -> dict[str, Any]:
+def stage_row(outcome: StageOutcome, context: StageContext, source: str, seconds: float) -> PhaseSummary:
     """A stage's summary row: the training phases' fields, then the compression measurements."""
     result = outcome.result
     test_acc = context.evaluate(outcome.model, "test")  # the final model's, even after (fake-quant) training
     if result is None:
-        accuracy = {"test_acc": test_acc, "test_acc_last": test_acc, "best_epoch": None,
-                    "best_val_acc": context.evaluate(outcome.model, "val")}
+        last, best_epoch, best_val_acc = test_acc, None, context.evaluate(outcome.model, "val")
     else:  # the fine-tuning's own numbers: last epoch, best epoch and its validation accuracy
-        accuracy = {"test_acc": test_acc, "test_acc_last": result.test_acc_last,
-                    "best_epoch": result.best_epoch, "best_val_acc": result.best_val_acc}
-    row = {"source": f"from {source}", **accuracy, "params": count_parameters(outcome.model), "seconds": seconds,
-           "weights": str(outcome.weights), **outcome.extra}
+        last, best_epoch, best_val_acc = result.test_acc_last, result.best_epoch, result.best_val_acc
+    row = PhaseSummary(f"from {source}", test_acc, last, best_epoch, best_val_acc, count_parameters(outcome.model), seconds,
+                       weights=str(outcome.weights), extra=dict(outcome.extra))
     measure_phase(row, outcome.model, context)
     return row
 
 
-def measure_phase(row: dict[str, Any], model: nn.Module, context: StageContext) -> None:
+def measure_phase(row: PhaseSummary, model: nn.Module, context: StageContext) -> None:
     """Add non-zero parameters, file size and CPU latency to a phase row (whose weights file exists)."""
-    row["nonzero_params"] = count_nonzero(model)
-    row["size_mb"] = size_mb(Path(row["weights"]))
-    row["latency_ms"] = cpu_latency_ms(model, context.latency_inputs, context.latency_repeats)
+    row.nonzero_params = count_nonzero(model)
+    row.size_mb = size_mb(Path(row.weights))
+    row.latency_ms = cpu_latency_ms(model, context.latency_inputs, context.latency_repeats)

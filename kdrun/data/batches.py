@@ -13,16 +13,20 @@ from typing import Callable, Iterator, NamedTuple, Optional
 import torch
 
 from kdrun.data.base import Split
+from kdrun.parallel import SINGLE, Topology
 
 
 class Batch(NamedTuple):
     inputs: torch.Tensor   # (B, C, H, W) float, normalised
     targets: torch.Tensor  # (B,) int64
     indices: torch.Tensor  # (B,) int64, positions in the split
+    global_size: Optional[int] = None  # under torchrun: this step's samples over all ranks; None = the batch is the step
 
 
 class InMemoryBatches:
     """An iterable of Batches over one split; reshuffled every epoch from its own seeded generator."""
+
+    topology: Topology = SINGLE  # one process sees the whole split (ShardedBatches: this rank's share)
 
     def __init__(
         self,
@@ -60,11 +64,14 @@ class InMemoryBatches:
         return count - 1 if self.shuffle and count > 1 and count % self.batch_size == 1 else count
 
     def __iter__(self) -> Iterator[Batch]:
-        for indices in self.index_batches():
-            yield self._batch(indices)
+        for indices, global_size in self.index_batches():
+            yield self._batch(indices, global_size)
 
-    def index_batches(self, device: Optional[torch.device] = None) -> Iterator[torch.Tensor]:
-        """Each step's sample indices: the epoch's seeded permutation (training) or the split in order."""
+    def index_batches(self, device: Optional[torch.device] = None) -> Iterator[tuple[torch.Tensor, Optional[int]]]:
+        """Each step's sample indices: the epoch's seeded permutation (training) or the split in order.
+
+        With each comes the step's global batch size (None here: this process's batch is the whole step).
+        """
         device = device or self.device
         count = len(self.labels)
         if self.shuffle:
@@ -72,13 +79,13 @@ class InMemoryBatches:
         else:
             order = torch.arange(count, device=device)
         for start in range(0, self.num_samples, self.batch_size):
-            yield order[start : start + self.batch_size]
+            yield order[start : start + self.batch_size], None
 
-    def _batch(self, indices: torch.Tensor) -> Batch:
+    def _batch(self, indices: torch.Tensor, global_size: Optional[int] = None) -> Batch:
         images = self.images.index_select(0, indices)  # the same gather as images[indices], 4x less overhead
         if self.augment is not None:
             images = self.augment(images, self.augment_generator)
-        return Batch(self.normalise(images), self.labels.index_select(0, indices), indices)
+        return Batch(self.normalise(images), self.labels.index_select(0, indices), indices, global_size)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         return torch.addcmul(self.shift, images.float(), self.scale)

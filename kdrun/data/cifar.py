@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,14 @@ import numpy as np
 import torch
 
 from kdrun.data.base import LoadedDataset
-from kdrun.data.images import check_image_size, resize_uint8
 from kdrun.data.imagefolder import load_class_folders
+from kdrun.data.images import check_image_size, resize_uint8
 from kdrun.data.registry import DATASETS
+from kdrun.download import downloading
 from kdrun.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-DOWNLOAD_TIMEOUT_SECONDS = 20
 ALLOWED_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
                    ("numpy._core.multiarray", "scalar"),
@@ -101,15 +100,8 @@ def download(root: Path, layout: CifarLayout) -> Path:
 
     where = f"put the {layout.folder} folder (python version) or train/<class> + test/<class> image folders in {root}"
     log.info("%s not found under %s; downloading with torchvision", layout.torchvision_class, root)
-    previous_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_SECONDS)
-    try:
+    with downloading(f"{layout.torchvision_class} not found under {root} and the download failed", where):
         getattr(torchvision.datasets, layout.torchvision_class)(str(root), train=True, download=True)
-    except (OSError, RuntimeError, ValueError) as error:
-        reason = " ".join(str(error).split())[:160]
-        raise ConfigError(f"{layout.torchvision_class} not found under {root} and the download failed ({reason})", where) from None
-    finally:
-        socket.setdefaulttimeout(previous_timeout)
     return root / layout.folder
 
 
@@ -128,7 +120,8 @@ def load_cifar(name: str, layout: CifarLayout, root: str, download_missing: bool
     meta = read_batch(pickles / layout.meta_file)
     class_names = [text(label) for label in meta.get(layout.names_key, [])]
     if len(class_names) <= int(max(train_labels.max(), test_labels.max())):
-        raise ConfigError(f"{pickles / layout.meta_file} names {len(class_names)} classes, fewer than the labels use", "replace it with an intact copy")
+        raise ConfigError(f"{pickles / layout.meta_file} names {len(class_names)} classes, fewer than the labels use",
+                          "replace it with an intact copy")
     log.info("%s: %d train + %d test images from %s", name, len(train_labels), len(test_labels), pickles)
     return LoadedDataset(name, resize_uint8(train_images, image_size), train_labels,
                          resize_uint8(test_images, image_size), test_labels, class_names)

@@ -81,6 +81,9 @@ def load_class_folders(
         raise ConfigError(f"dataset.root {folder} is not a folder", "set dataset.root=/path/to/images")
     train_folder = folder / "train" if (folder / "train").is_dir() else folder
     class_names = sorted(class_files(train_folder))
+    if len(class_names) < 2:  # one class would "train" to 100% accuracy and measure nothing
+        raise ConfigError(f"{train_folder} has only one class folder ('{class_names[0]}'); a classifier needs at least two",
+                          "add one sub-folder of images per class")
     trees = [(train_folder, *tree_files(train_folder, class_names))]
     if (folder / "test").is_dir() and train_folder != folder:
         trees.append((folder / "test", *tree_files(folder / "test", class_names)))

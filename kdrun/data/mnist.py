@@ -7,17 +7,15 @@ class used for downloading and the class names differ.
 from __future__ import annotations
 
 import logging
-import socket
 from pathlib import Path
 
 from kdrun.data.base import LoadedDataset
 from kdrun.data.idx import IDX_FILES, find_idx_files, load_idx_set
 from kdrun.data.registry import DATASETS
+from kdrun.download import downloading
 from kdrun.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-DOWNLOAD_TIMEOUT_SECONDS = 20
 
 
 @DATASETS.register("mnist")
@@ -45,16 +43,9 @@ def _download(folder: Path, download: bool, torchvision_class: str) -> dict:
 
     dataset_class = getattr(torchvision.datasets, torchvision_class)
     log.info("%s not found under %s; downloading with torchvision", torchvision_class, folder)
-    previous_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_SECONDS)  # torchvision's urlopen has no timeout of its own
-    try:
+    with downloading(f"{torchvision_class} not found under {folder} and the download failed", where):
         dataset_class(str(folder), train=True, download=True)
         dataset_class(str(folder), train=False, download=True)
-    except (OSError, RuntimeError, ValueError) as error:
-        reason = " ".join(str(error).split())[:160]
-        raise ConfigError(f"{torchvision_class} not found under {folder} and the download failed ({reason})", where) from None
-    finally:
-        socket.setdefaulttimeout(previous_timeout)
     files = find_idx_files(folder)
     if files is None:
         raise ConfigError(f"{torchvision_class} download into {folder} left incomplete files", where)

@@ -9,6 +9,7 @@ order). `batch_size` is therefore the GLOBAL batch, and must be divisible by the
 Indices stay positions in the whole split, so teacher logits cached by sample index need no change.
 Evaluation splits are cut into one contiguous slice per rank; counts are summed across ranks by the
 loop. `num_samples` is the global count, which is what the loop divides the summed counts by.
+The rank and world size come in as a plain `Topology` value: this module starts no process group.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from kdrun.data.base import Split
 from kdrun.data.batches import InMemoryBatches
 from kdrun.errors import ConfigError
-from kdrun.training import distributed
+from kdrun.parallel import SINGLE, Topology
 
 
 class ShardedBatches(InMemoryBatches):
@@ -34,17 +35,18 @@ class ShardedBatches(InMemoryBatches):
 
     def __init__(self, split: Split, mean: list[float], std: list[float], batch_size: int, device: torch.device,
                  shuffle: bool, seed: int = 0,
-                 augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None) -> None:
+                 augment: Optional[Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = None,
+                 topology: Topology = SINGLE) -> None:
         super().__init__(split, mean, std, batch_size, device, shuffle, seed, augment)
-        self.rank = distributed.topology().rank
-        self.world_size = distributed.topology().world_size
+        self.topology = topology
+        self.rank = topology.rank
+        self.world_size = topology.world_size
         # Augmentation draws from its own per-rank generator: the permutation generator must stay
         # in step across ranks, and ranks should not apply the same random crops to their shards.
         self.augment_generator = torch.Generator().manual_seed(seed * 1_000_003 + self.rank + 1)
         self.global_batch_size = batch_size  # training: cut into world_size shards; evaluation: per rank
         if shuffle:
             self.batch_size = batch_size // self.world_size
-        self.current_global_size = batch_size
         self.smallest_last_batch = 2 * self.world_size
 
     def __len__(self) -> int:
@@ -63,13 +65,14 @@ class ShardedBatches(InMemoryBatches):
         rest = count % self.global_batch_size
         return count - (rest if rest < self.smallest_last_batch else 0)
 
-    def index_batches(self, device: Optional[torch.device] = None) -> Iterator[torch.Tensor]:
-        """This rank's slice of every global batch (training), or of its contiguous share (evaluation)."""
+    def index_batches(self, device: Optional[torch.device] = None) -> Iterator[tuple[torch.Tensor, Optional[int]]]:
+        """This rank's slice of every global batch with that batch's size (training), or of its contiguous
+        share (evaluation, whose counts are summed over the ranks)."""
         device = device or self.device
         if not self.shuffle:
             share = self._evaluation_share(device)
             for start in range(0, len(share), self.batch_size):
-                yield share[start : start + self.batch_size]
+                yield share[start : start + self.batch_size], None
             return
         count = len(self.labels)
         order = torch.randperm(count, generator=self.generator).to(device)
@@ -77,27 +80,14 @@ class ShardedBatches(InMemoryBatches):
             global_batch = order[start : start + self.global_batch_size]
             if len(global_batch) < self.smallest_last_batch:
                 break
-            self.current_global_size = len(global_batch)  # read by DistributedObjective to weight this step
-            yield torch.tensor_split(global_batch, self.world_size)[self.rank]
+            yield torch.tensor_split(global_batch, self.world_size)[self.rank], len(global_batch)  # DDP weights each rank by its share
 
     def _evaluation_share(self, device: torch.device) -> torch.Tensor:
         return torch.tensor_split(torch.arange(len(self.labels), device=device), self.world_size)[self.rank]
 
 
-def sum_over_ranks(batches: InMemoryBatches, term_sums: dict, correct: torch.Tensor) -> tuple[dict, torch.Tensor]:
-    """Loss sums and correct counts over all ranks when `batches` was this rank's share; else as they are.
-
-    Batches that are not sharded (e.g. compression's own evaluation batches) were seen whole by
-    every rank, so their counts are already totals and must not be summed again.
-    """
-    if not isinstance(batches, ShardedBatches):
-        return term_sums, correct
-    return distributed.sum_across_ranks(term_sums, correct)
-
-
-def check_global_batch(batch_size: int, shuffle: bool) -> None:
+def check_global_batch(batch_size: int, shuffle: bool, world_size: int) -> None:
     """Raises ConfigError when the global training batch does not split evenly over the ranks."""
-    world_size = distributed.topology().world_size
     if shuffle and batch_size % world_size:
         raise ConfigError(
             f"batch_size={batch_size} does not split over {world_size} processes",

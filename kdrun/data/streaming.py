@@ -17,13 +17,13 @@ from typing import Iterator, Optional
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from kdrun.data.base import Split
 from kdrun.data.augment import Augmentation
+from kdrun.data.base import Split
 from kdrun.data.batches import Batch, InMemoryBatches
-from kdrun.data.sharded import ShardedBatches, check_global_batch
 from kdrun.data.image_files import ImageFiles
+from kdrun.data.sharded import ShardedBatches, check_global_batch
 from kdrun.errors import ConfigError
-from kdrun.training import distributed
+from kdrun.parallel import SINGLE, Topology
 
 PREFETCH_BATCHES_PER_WORKER = 4
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ class EpochOrder:
     """The DataLoader's batch sampler: the owner's index batches for one epoch, as lists.
 
     The loader runs ahead of training (prefetch), so each batch's global size under torchrun is
-    queued here and taken back by the owner when that batch is yielded.
+    queued here and taken back by the owner when that batch is yielded (into Batch.global_size).
     """
 
     def __init__(self, owner: "StreamingBatches") -> None:
@@ -66,8 +66,8 @@ class EpochOrder:
 
     def __iter__(self) -> Iterator[list[int]]:
         owner = self.owner
-        for indices in owner.index_batches(torch.device("cpu")):
-            owner.global_sizes.append(getattr(owner, "current_global_size", None))
+        for indices, global_size in owner.index_batches(torch.device("cpu")):
+            owner.global_sizes.append(global_size)
             yield indices.tolist()
 
 
@@ -102,13 +102,11 @@ class StreamingBatches(InMemoryBatches):
     def __iter__(self) -> Iterator[Batch]:
         self.global_sizes.clear()
         for images, labels, rows, readable in self.loader:
-            global_size = self.global_sizes.popleft()
-            if global_size is not None:
-                self.current_global_size = global_size  # this batch's, however far the loader has read ahead
+            global_size = self.global_sizes.popleft()  # this batch's, however far the loader has read ahead
             if not bool(readable.all()):
                 images, labels, rows = self._without_unreadable(images, labels, rows, readable)
                 if len(rows) == 0:
-                    if distributed.is_active():
+                    if self.topology.sharded:
                         raise ConfigError("every file of one of this rank's batches is unreadable",
                                           "remove the unreadable files: under torchrun every rank must take every step")
                     continue
@@ -116,7 +114,7 @@ class StreamingBatches(InMemoryBatches):
             if self.augment is not None:
                 images = self.augment(images, self.augment_generator)
             rows = rows.to(self.device, non_blocking=True)
-            yield Batch(self.normalise(images), labels.to(self.device, non_blocking=True), rows)
+            yield Batch(self.normalise(images), labels.to(self.device, non_blocking=True), rows, global_size)
 
     def _without_unreadable(self, images: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor, readable: torch.Tensor):
         """Drops the unreadable files of a batch with skip_bad_files; otherwise names the first one.
@@ -144,18 +142,19 @@ class ShardedStreamingBatches(StreamingBatches, ShardedBatches):
 
 
 def batches_for_this_rank(split: Split, mean: list[float], std: list[float], batch_size: int, device: torch.device,
-                          shuffle: bool, seed: int = 0, augment: Optional[Augmentation] = None) -> InMemoryBatches:
-    """The batches of a split for this process: in memory or streamed, whole or (under torchrun) this rank's share.
+                          shuffle: bool, seed: int = 0, augment: Optional[Augmentation] = None,
+                          topology: Topology = SINGLE) -> InMemoryBatches:
+    """The batches of a split for this process: in memory or streamed, whole or (several ranks) this rank's share.
 
     Raises:
         ConfigError: under torchrun, when the global training batch does not split evenly over the ranks.
     """
     streamed = isinstance(split.images, ImageFiles)
-    if distributed.is_active():
-        check_global_batch(batch_size, shuffle)
+    if topology.sharded:
+        check_global_batch(batch_size, shuffle, topology.world_size)
         make = ShardedStreamingBatches if streamed else ShardedBatches
-    else:
-        make = StreamingBatches if streamed else InMemoryBatches
+        return make(split, mean, std, batch_size, device, shuffle, seed, augment, topology)
+    make = StreamingBatches if streamed else InMemoryBatches
     return make(split, mean, std, batch_size, device, shuffle, seed, augment)
 
 

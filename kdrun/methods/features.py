@@ -38,7 +38,7 @@ class FeatureObjective(DistillationObjective):
             if path is None or str(path) == "":
                 raise ConfigError(f"method needs method.{role}_layer", "a module path from named_modules(), e.g. '2'")
         self.student_path, self.teacher_path = str(student_layer), str(teacher_layer)
-        self.teacher_layer = find_layer(teacher.model, self.teacher_path, "teacher")
+        teacher.layer(self.teacher_path)  # an unknown path fails here; the layer stays with the teacher (never a child)
         self.adapter: nn.Module | None = None
 
     def prepare(self, student: nn.Module, sample_inputs: torch.Tensor) -> None:
@@ -62,9 +62,7 @@ class FeatureObjective(DistillationObjective):
         self.adapter.to(sample_inputs.device)
 
     def teacher_feature(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with torch.inference_mode():
-            logits, feature = forward_with_feature(self.teacher.model, self.teacher_layer, inputs)
-        return logits.clone(), feature.clone()
+        return self.teacher.logits_and_feature(inputs, self.teacher_path)
 
     def forward(self, model: nn.Module, batch: Batch) -> StepOutput:
         if self.adapter is None:

@@ -13,7 +13,6 @@ torchvision's original layout (1000 classes, RGB); the head is replaced afterwar
 from __future__ import annotations
 
 import logging
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -21,13 +20,12 @@ from typing import Optional
 import torch
 from torch import nn
 
+from kdrun.download import downloading
 from kdrun.errors import ConfigError
 from kdrun.files import load_weights
 from kdrun.models.registry import MODELS
 
 log = logging.getLogger(__name__)
-
-DOWNLOAD_TIMEOUT_SECONDS = 20
 
 
 @dataclass(frozen=True)
@@ -64,18 +62,9 @@ def pretrained(name: str, weights: Optional[str]) -> nn.Module:
         load_weights(Path(weights).expanduser().resolve(), model, "teacher.weights")
         return model
     enum = torchvision.models.get_model_weights(name).DEFAULT
-    previous_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_SECONDS)
-    try:
+    with downloading(f"cannot download torchvision's {name} weights {enum}",
+                     f"offline: fetch {enum.url} elsewhere and pass teacher.weights=/path/to/{Path(enum.url).name}", reason_chars=120):
         model.load_state_dict(enum.get_state_dict(progress=False))
-    except (OSError, RuntimeError, ValueError) as error:
-        reason = " ".join(str(error).split())[:120]
-        raise ConfigError(
-            f"cannot download torchvision's {name} weights {enum} ({reason})",
-            f"offline: fetch {enum.url} elsewhere and pass teacher.weights=/path/to/{Path(enum.url).name}",
-        ) from None
-    finally:
-        socket.setdefaulttimeout(previous_timeout)
     return model
 
 

@@ -93,12 +93,14 @@ def _build(input_shape, num_classes, patch_size, dim, depth, heads, distillation
 
 
 @MODELS.register("vit_tiny")
-def vit_tiny(input_shape: tuple[int, int, int], num_classes: int, patch_size: int | None = None, dim: int = 64, depth: int = 2, heads: int = 4) -> VisionTransformer:
+def vit_tiny(input_shape: tuple[int, int, int], num_classes: int, patch_size: int | None = None, dim: int = 64, depth: int = 2,
+             heads: int = 4) -> VisionTransformer:
     """A tiny ViT with a class token only."""
     return _build(input_shape, num_classes, patch_size, dim, depth, heads, distillation_token=False)
 
 
 @MODELS.register("deit_tiny")
-def deit_tiny(input_shape: tuple[int, int, int], num_classes: int, patch_size: int | None = None, dim: int = 64, depth: int = 2, heads: int = 4) -> VisionTransformer:
+def deit_tiny(input_shape: tuple[int, int, int], num_classes: int, patch_size: int | None = None, dim: int = 64, depth: int = 2,
+              heads: int = 4) -> VisionTransformer:
     """A tiny DeiT: class token + distillation token, two heads averaged at inference."""
     return _build(input_shape, num_classes, patch_size, dim, depth, heads, distillation_token=True)

@@ -6,7 +6,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Optional
 
-from kdrun.report.load import PHASES, RunRecord
+from kdrun.report.load import RunRecord
+from kdrun.results import PHASES
 
 
 @dataclass
@@ -79,7 +80,7 @@ def reference_level(records: list[RunRecord], phase: str) -> tuple[Optional[floa
             continue
         value = record.accuracy(phase)
         if value is not None:
-            per_model.setdefault(str(record.phases[phase].get("weights", record.run_dir)), value)
+            per_model.setdefault(str(record.phases[phase].weights or record.run_dir), value)
     return mean_std(list(per_model.values()))
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from kdrun.errors import ConfigError
+from kdrun.results import PHASES, AnySummary, PhaseSummary, RunSummary, read_summary
+from kdrun.sweep_files import PHASE_COLUMNS
 
 log = logging.getLogger(__name__)
-
-PHASES = ("teacher", "independent", "distilled")
 
 
 @dataclass
@@ -26,12 +26,12 @@ class RunRecord:
     T: Optional[float]
     alpha: Optional[float]
     seed: Optional[int]
-    phases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    phases: dict[str, PhaseSummary] = field(default_factory=dict)
     gap_recovered: Optional[float] = None
     overrides: list[str] = field(default_factory=list)
 
     def accuracy(self, phase: str, key: str = "test_acc") -> Optional[float]:
-        return self.phases.get(phase, {}).get(key)
+        return getattr(self.phases[phase], key) if phase in self.phases else None
 
     def csv_row(self) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -39,54 +39,83 @@ class RunRecord:
             "alpha": self.alpha, "seed": self.seed,
         }
         for phase in PHASES:
-            for key in ("source", "test_acc", "best_val_acc"):
-                row[f"{phase}_{key}"] = self.phases.get(phase, {}).get(key)
+            for key in PHASE_COLUMNS:
+                row[f"{phase}_{key}"] = getattr(self.phases[phase], key) if phase in self.phases else None
         row.update(gap_recovered=self.gap_recovered, error=self.error, overrides=" ".join(self.overrides))
         return row
 
 
 def load_runs(path: Path) -> list[RunRecord]:
-    """All runs at or below `path`, sorted by directory; a path without any is a ConfigError."""
+    """All readable runs at or below `path`, sorted by directory.
+
+    An unreadable summary.json (corrupt JSON, not a JSON object, no permission) is named with the
+    reason in a warning and left out; the others are reported. Only when no summary is readable is
+    that an error, naming the first unreadable file.
+
+    Raises:
+        ConfigError: when `path` does not exist or holds no readable summary.json.
+    """
     if not path.exists():
         raise ConfigError(f"{path} does not exist", "give a run dir or a sweep dir, e.g. outputs/multirun/<date>/<time>")
     summaries = sorted(path.rglob("summary.json")) if path.is_dir() else []
-    records = [record for record in (read_record(summary) for summary in summaries) if record is not None]
+    records, unreadable = [], []
+    for summary in summaries:
+        try:
+            record = read_record(summary)
+        except UnreadableSummary as error:
+            unreadable.append(error)
+            continue
+        if record is not None:
+            records.append(record)
+    if not records and unreadable:
+        raise ConfigError(f"no readable run under {path}: {unreadable[0]}" + (f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""),
+                          "fix or delete the unreadable summary.json files; each run writes its own when it ends")
     if not records:
         raise ConfigError(f"no runs (summary.json) found under {path}", "point kdrun report at a run dir or a sweep dir")
+    for error in unreadable:
+        log.warning("skipped %s; reporting the %d readable run(s)", error, len(records))
     return records
 
 
+class UnreadableSummary(Exception):
+    """A summary.json that cannot be read as a run, with the reason: '<path> is unreadable (<why>)'."""
+
+
+def summaries_below(path: Path) -> list[AnySummary]:
+    """Every readable summary.json at or below `path`, of any kind (`load_runs` names the unreadable ones)."""
+    found = []
+    for summary_path in sorted(path.rglob("summary.json")) if path.is_dir() else []:
+        try:
+            found.append(read_summary(summary_path))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
 def read_record(summary_path: Path) -> Optional[RunRecord]:
+    """The `kdrun train` run recorded in `summary_path`; None for another command's run (`kdrun diffusion`: report/diffusion.py).
+
+    Raises:
+        UnreadableSummary: when the file cannot be read, is not JSON, or is not a summary's JSON object.
+    """
     try:
-        summary = json.loads(summary_path.read_text())
-    except (OSError, ValueError) as error:
-        log.warning("skipping unreadable %s (%s)", summary_path, error)
+        summary = read_summary(summary_path)
+    except (OSError, ValueError) as error:  # ValueError: JSON syntax, undecodable bytes, not a summary's object
+        raise UnreadableSummary(f"{summary_path} is unreadable ({error})") from None
+    if not isinstance(summary, RunSummary):
         return None
-    if summary.get("kind") == "diffusion":  # `kdrun diffusion` runs have their own report (report/diffusion.py)
-        return None
-    overrides = list(summary.get("overrides", []))
-    distilled = summary.get("phases", {}).get("distilled", {})
     return RunRecord(
         run_dir=summary_path.parent,
-        status=summary.get("status", "unknown"),
-        error=summary.get("error", ""),
-        method=distilled.get("method", override_value(overrides, "method")),
-        T=as_float(distilled.get("T", override_value(overrides, "T"))),
-        alpha=as_float(distilled.get("alpha", override_value(overrides, "alpha"))),
-        seed=summary.get("seed"),
-        phases=summary.get("phases", {}),
-        gap_recovered=summary.get("gap_recovered"),
-        overrides=overrides,
+        status=summary.status,
+        error=summary.error or "",
+        method=summary.setting("method"),
+        T=as_float(summary.setting("T")),
+        alpha=as_float(summary.setting("alpha")),
+        seed=summary.seed,
+        phases=summary.phases,
+        gap_recovered=summary.gap_recovered,
+        overrides=summary.overrides,
     )
-
-
-def override_value(overrides: list[str], key: str) -> Optional[str]:
-    """The value of `key=value` among the overrides (failed runs may have no phases to read it from)."""
-    for item in overrides:
-        name, _, value = item.partition("=")
-        if name == key:
-            return value
-    return None
 
 
 def as_float(value: Any) -> Optional[float]:

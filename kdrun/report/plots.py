@@ -12,7 +12,6 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 
 from kdrun.report.aggregate import Group, mean_std  # noqa: E402
 
-PHASE_COLORS = {"teacher": "tab:green", "independent": "tab:gray", "distilled": "tab:blue"}
 Level = tuple[Optional[float], Optional[float]]
 
 
@@ -23,7 +22,8 @@ def accuracy_vs_temperature(groups: list[Group], teacher: Level, independent: Le
         points = sorted((group.T, *group.mean_std("distilled")) for group in groups if group.alpha == alpha and group.T is not None)
         points = [point for point in points if point[1] is not None]
         if points:
-            axes.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o", capsize=3, label=f"alpha={alpha:g}")
+            axes.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[2] for p in points], marker="o", capsize=3,
+                          label=f"alpha={alpha:g}")
     draw_levels(axes, teacher, independent)
     axes.set(xlabel="temperature T", ylabel="test accuracy (best-val weights)", title="Distilled student: test accuracy vs T")
     axes.legend(fontsize=8)

@@ -65,7 +65,7 @@ class CheckpointStore:
     def note_config(self) -> None:
         """Record the run's config before its first phase trains (a later resume is compared with it)."""
         path = self.directory / CONFIG_FILE
-        if not path.is_file() and not _not_writing_rank():
+        if not path.is_file():  # files.py writes on rank 0 only
             write_json_atomic(path, self.config)
 
 
@@ -82,7 +82,7 @@ class PhaseCheckpoint:
     def bind(self, model: nn.Module, objective: nn.Module, optimizer: Any, scheduler: Any, scaler: Any, batches: Any) -> None:
         """The objects whose state a checkpoint holds (created by the loop, restored in place)."""
         self.parts = {"model": model, "objective": objective, "optimizer": optimizer, "scheduler": scheduler,
-                      "scaler": scaler, "generator": getattr(batches, "generator", None)}
+                      "scaler": scaler, "generator": batches.generator}
         self.started = self.last_written = time.perf_counter()
         self.store.note_config()
 
@@ -115,7 +115,7 @@ class PhaseCheckpoint:
         phase started or was last written.
         """
         due = last_epoch or time.perf_counter() - self.last_written >= self.store.interval_seconds
-        if not due or _not_writing_rank():
+        if not due:
             return
         from safetensors.torch import save
 
@@ -221,9 +221,3 @@ def set_random_states(states: dict[str, Any], tensors: dict[str, torch.Tensor], 
 def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     return {name[len(prefix):]: value for name, value in tensors.items() if name.startswith(prefix)}
 
-
-def _not_writing_rank() -> bool:
-    """Distributed runs: only rank 0 writes files."""
-    import torch.distributed as distributed
-
-    return distributed.is_available() and distributed.is_initialized() and distributed.get_rank() != 0

@@ -1,16 +1,14 @@
-"""Picking the device (`auto` tries cuda, then mps, then cpu; an explicit device must exist), CPU threads
-and the CPU memory allocator."""
+"""Picking the device (`auto` tries cuda, then mps, then cpu; an explicit device must exist; under torchrun
+each rank its own GPU) and the number of CPU threads."""
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import platform
 from typing import Any
 
 import torch
 
+from kdrun import parallel
 from kdrun.errors import ConfigError
 
 
@@ -32,6 +30,21 @@ def resolve_device(requested: str) -> torch.device:
     }
     if not available.get(device.type, False):
         raise ConfigError(f"device '{requested}' is not available on this machine", "use device=auto or device=cpu")
+    return device
+
+
+def place(device: torch.device) -> torch.device:
+    """The device this rank trains on: cuda means cuda:LOCAL_RANK under torchrun (ranks on a node share no GPU).
+
+    Raises:
+        ConfigError: torchrun with a device type other than cuda and cpu.
+    """
+    if not parallel.is_active():
+        return device
+    if device.type == "cuda":
+        return torch.device("cuda", parallel.topology().local_rank % torch.cuda.device_count())
+    if device.type != "cpu":
+        raise ConfigError(f"torchrun with device={device.type} is not supported", "use device=cuda or device=cpu")
     return device
 
 
@@ -57,29 +70,3 @@ def parallel_jobs(launcher: Any) -> int:
     """How many jobs a Hydra launcher runs at once on this machine (joblib's n_jobs; -1 = every core)."""
     n_jobs = int(launcher.get("n_jobs", 1) or 1) if launcher is not None else 1
     return os.cpu_count() or 1 if n_jobs < 0 else n_jobs
-
-
-GLIBC_M_TRIM_THRESHOLD = -1  # mallopt parameter numbers from glibc's malloc.h
-GLIBC_M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 32 << 20  # the largest value every glibc accepts (HEAP_MAX_SIZE / 2 on 64-bit)
-TRIM_THRESHOLD_BYTES = 256 << 20
-
-
-def reuse_freed_host_memory() -> bool:
-    """Let glibc keep freed multi-megabyte blocks for reuse instead of unmapping them; True if applied.
-
-    glibc serves allocations above its mmap threshold with fresh pages from the kernel and returns them on
-    free. A CPU training step frees and re-allocates its weight-sized gradients every step, so without this
-    steps pay page faults and zeroing of new memory (R4 teacher: up to a few hundred faults, 6-9% of a step,
-    docs/performance.md). tcmalloc and jemalloc, which PyTorch's CPU tuning guide recommends, reuse
-    such blocks too. Process-wide and harmless elsewhere; a no-op off glibc (macOS, Windows, musl).
-    """
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.mallopt(GLIBC_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
-            libc.mallopt(GLIBC_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
-        )
-    except (OSError, AttributeError):  # no loadable libc or no mallopt: keep the defaults
-        return False

@@ -1,42 +1,76 @@
-"""Objects from config groups: the boundary below which no DictConfig travels.
+"""The one boundary where the Hydra config ends: a composed DictConfig in, `RunSettings` out.
 
-The pipeline builds everything through these; `kdrun bench` uses them too, so its reference gets
-exactly the data split and architectures a run gets.
+Everything a run builds later (data, models, optimizer, resume checks, compression stages) reads the
+plain values made here. `kdrun bench` uses the same functions, so its reference gets exactly the data
+split and architectures a run gets.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from kdrun.config import validate
 from kdrun.data import DATASETS, DataSplits, make_splits
 from kdrun.data.base import override_normalisation
 from kdrun.errors import ConfigError
 from kdrun.models import build_model
+from kdrun.training.settings import CompressionSettings, ModelSpec, RunSettings, TrainerSettings
 
 GENERIC_DATASET_KEYS = ("name", "val_fraction", "max_train_samples", "augment", "mean", "std")
+NOT_RECORDED = ("resume", "trainer.progress", "trainer.checkpoint_seconds")  # may differ between a first start and a resume
 
 
-def model_from_group(model_cfg: DictConfig, data: DataSplits) -> nn.Module:
-    """The architecture a teacher/student config group names, sized for `data`, as torch builds it (CPU,
-    plain modules: no speed settings)."""
-    options = plain(model_cfg)
+def settings_from_config(cfg: DictConfig) -> RunSettings:
+    """Check the config (kdrun.config.validate) and turn it into plain typed settings.
+
+    Raises:
+        ConfigError: a value out of range, an unknown key, or an optimizer/scheduler that cannot be built.
+    """
+    validate(cfg)
+    teacher = plain(cfg.teacher)
+    checkpoint = teacher.pop("checkpoint", None)
+    compression = plain(cfg.compression)
+    measure = compression.pop("measure")
+    return RunSettings(
+        seed=cfg.seed, device=cfg.device, T=cfg.T, alpha=cfg.alpha, teacher_epochs=cfg.teacher_epochs,
+        student_epochs=cfg.student_epochs, batch_size=cfg.batch_size, independent=cfg.independent,
+        cache_dir=Path(cfg.cache_dir).expanduser().resolve(), resume=bool(cfg.resume), dataset=plain(cfg.dataset),
+        teacher=model_spec(teacher), teacher_checkpoint=Path(checkpoint).expanduser().resolve() if checkpoint else None,
+        student=model_spec(plain(cfg.student)), method=plain(cfg.method),
+        make_optimizer=make_factory(cfg.optimizer, "optimizer"), make_scheduler=make_factory(cfg.scheduler, "scheduler"),
+        optimizer=plain(cfg.optimizer), scheduler=plain(cfg.scheduler) if cfg.scheduler is not None else None,
+        trainer=TrainerSettings(**plain(cfg.trainer)),
+        compression=CompressionSettings(list(cfg.compress), compression, measure["batch_size"], measure["repeats"]),
+        recorded_config=recorded_config(cfg),
+    )
+
+
+def model_spec(options: dict[str, Any]) -> ModelSpec:
+    options = dict(options)
     options.pop("checkpoint", None)  # where a teacher's weights come from, not an architecture option
-    return build_model(options.pop("name"), data.input_shape, data.num_classes, **options)
+    return ModelSpec(options.pop("name"), options)
 
 
-def load_data(dataset_cfg: DictConfig, seed: int) -> DataSplits:
-    options = plain(dataset_cfg)
+def build_architecture(spec: ModelSpec, data: DataSplits) -> nn.Module:
+    """The architecture `spec` names, sized for `data`, as torch builds it (CPU, plain modules: no speed settings)."""
+    return build_model(spec.name, data.input_shape, data.num_classes, **spec.options)
+
+
+def load_data(dataset: dict[str, Any], seed: int) -> DataSplits:
+    """The dataset group's splits: its builder's train/test, then the generic validation split and trims."""
+    options = dict(dataset)
     generic = {key: options.pop(key, None) for key in GENERIC_DATASET_KEYS}
     loaded = DATASETS.build(generic["name"], seed, **options)
     splits = make_splits(loaded, generic["val_fraction"] or 0.0, generic["max_train_samples"], seed)
     return override_normalisation(splits, generic["mean"], generic["std"])
 
 
-def make_factory(node: Any, what: str):
+def make_factory(node: Any, what: str) -> Optional[Callable]:
     """Instantiate a `_partial_` optimizer/scheduler config into a factory; None stays None."""
     if node is None:
         return None
@@ -48,5 +82,20 @@ def make_factory(node: Any, what: str):
 
 
 def plain(node: Any) -> dict[str, Any]:
-    """A config group as a plain, resolved dict (the boundary below which no DictConfig travels)."""
+    """A config group as a plain, resolved dict."""
     return dict(OmegaConf.to_container(node, resolve=True))
+
+
+def recorded_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as flat JSON-able values, without the keys a resume may change."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config.pop("hydra", None)
+    return {key: value for key, value in _flatten(config) if key not in NOT_RECORDED}
+
+
+def _flatten(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _flatten(value, f"{prefix}{key}.")
+    else:
+        yield prefix[:-1], node

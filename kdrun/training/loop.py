@@ -13,58 +13,23 @@ import functools
 import math
 import operator
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Iterable, Optional, Protocol
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional, Protocol
 
 import torch
 from torch import nn
 
+from kdrun import parallel
 from kdrun.data.batches import InMemoryBatches
-from kdrun.data.sharded import sum_over_ranks
 from kdrun.errors import RunError
-from kdrun.methods.base import Objective
-from kdrun.training import distributed
+from kdrun.methods.base import Objective, check_teacher_isolated
+from kdrun.results import EpochRecord, PhaseResult
 from kdrun.training.checkpoint import PhaseCheckpoint, Progress
-from kdrun.training.optimizer_step import FastStep
-from kdrun.training.speed import SpeedSettings
+from kdrun.training.ddp import synchronised
+from kdrun.training.speed import FastStep, SpeedSettings
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 SchedulerFactory = Optional[Callable[[torch.optim.Optimizer], torch.optim.lr_scheduler.LRScheduler]]
-
-
-@dataclass
-class EpochRecord:
-    """One line of metrics.jsonl."""
-
-    phase: str
-    epoch: int
-    loss: dict[str, float]
-    train_acc: float
-    val_acc: float
-    lr: float
-    T: Optional[float]
-    samples_per_s: float
-    seconds: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class PhaseResult:
-    """What a phase achieved; `history` holds every epoch's record."""
-
-    best_epoch: int
-    best_val_acc: float
-    test_acc: float
-    test_acc_last: float
-    seconds: float
-    history: list[EpochRecord] = field(default_factory=list)
-
-    def summary(self, params: int) -> dict[str, Any]:
-        """The phase's entry in summary.json (and in a cache entry's meta) for a model trained here."""
-        return {"source": "trained", "test_acc": self.test_acc, "test_acc_last": self.test_acc_last,
-                "best_epoch": self.best_epoch, "best_val_acc": self.best_val_acc, "params": params, "seconds": self.seconds}
 
 
 class PhaseObserver(Protocol):
@@ -97,14 +62,18 @@ def train_phase(
 ) -> PhaseResult:
     """Train `model` under `objective` for settings.epochs epochs; keep and test the best-val weights.
 
-    The objective's own parameters (adapters, regressors) are optimised with the model.
+    The objective's own parameters (adapters, regressors) are optimised with the model; none of
+    them, and nothing `objective.train()` reaches, may belong to the teacher.
 
     Raises:
         RunError: when the loss stops being finite (the phase cannot produce a usable model).
+        TeacherLeak: when a teacher module, parameter or buffer is reachable from what is trained (a method bug).
     """
     started = time.perf_counter()
-    objective = distributed.synchronised(model, objective, train_batches)  # DDP under torchrun; unchanged in one process
-    optimizer = settings.make_optimizer(list(model.parameters()) + list(objective.parameters()))
+    trainable = list(model.parameters()) + list(objective.parameters())
+    check_teacher_isolated(objective, trainable)
+    objective = synchronised(model, objective)  # DDP under torchrun; unchanged in one process
+    optimizer = settings.make_optimizer(trainable)
     scheduler = settings.make_scheduler(optimizer) if settings.make_scheduler else None
     scaler = settings.speed.gradient_scaler()
     observer.phase_started(phase, settings.epochs, len(train_batches))
@@ -119,6 +88,7 @@ def train_phase(
                 resumed.epoch + 1, resumed.best_state, resumed.best_epoch, resumed.best_val_acc, resumed.history)
     for epoch in range(first_epoch, settings.epochs + 1):
         first_step = (epoch - 1) * len(train_batches)
+        objective.begin_epoch(epoch, settings.epochs)
         record = _train_one_epoch(
             phase, epoch, model, objective, optimizer, train_batches, observer, first_step,
             settings.epochs * len(train_batches), settings.speed, scaler,
@@ -186,7 +156,7 @@ def _train_one_epoch(
         hits.append(logits.detach().argmax(dim=1) == batch.targets)
         observer.step_done(phase)
     term_sums, correct = _epoch_totals(step_terms, step_sizes, hits, batches.device)
-    term_sums, correct = sum_over_ranks(batches, term_sums, correct)  # sharded under torchrun; else no-op
+    term_sums, correct = _summed_over_ranks(batches, term_sums, correct)
     samples = batches.num_samples
     loss_means = {name: float(total) / samples for name, total in term_sums.items()}  # one sync per epoch
     if not all(math.isfinite(value) for value in loss_means.values()):
@@ -228,5 +198,16 @@ def evaluate(model: nn.Module, batches: InMemoryBatches) -> float:
     with torch.inference_mode():
         for batch in batches:
             correct += (model(batch.inputs).argmax(dim=1) == batch.targets).sum()
-    _, correct = sum_over_ranks(batches, {}, correct)  # under torchrun each rank evaluated its share
+    _, correct = _summed_over_ranks(batches, {}, correct)  # under torchrun each rank evaluated its share
     return float(correct) / max(batches.num_samples, 1)
+
+
+def _summed_over_ranks(batches: InMemoryBatches, term_sums: dict, correct: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    """Totals over all ranks when `batches` was this rank's share; as they are otherwise.
+
+    Batches that are not sharded (e.g. compression's own evaluation batches) were seen whole by
+    every rank, so their counts are already totals and must not be summed again.
+    """
+    if not batches.topology.sharded:
+        return term_sums, correct
+    return parallel.sum_across_ranks(term_sums, correct)

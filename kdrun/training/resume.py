@@ -13,45 +13,36 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
-
-from omegaconf import DictConfig, OmegaConf
+from typing import Any
 
 from kdrun.errors import ConfigError
-from kdrun.files import write_bytes_atomic
+from kdrun.files import remove, write_bytes_atomic
+from kdrun.results import SUMMARY_FILE, PhaseSummary, read_summary
 from kdrun.training.checkpoint import CONFIG_FILE, CheckpointStore, checkpoint_epoch
 
 log = logging.getLogger("kdrun")
 
 CHECKPOINTS = "checkpoints"
-IGNORED_KEYS = ("resume", "trainer.progress", "trainer.checkpoint_seconds")  # may differ between the first start and a resume
 
 
-def checkpoint_store(cfg: DictConfig, run_dir: Path) -> CheckpointStore:
-    return CheckpointStore(run_dir / CHECKPOINTS, run_config(cfg), bool(cfg.resume), float(cfg.trainer.checkpoint_seconds))
+def checkpoint_store(run_dir: Path, config: dict[str, Any], resume: bool, interval_seconds: float) -> CheckpointStore:
+    """The run's checkpoints; `config` is the flat config a later resume must match."""
+    return CheckpointStore(run_dir / CHECKPOINTS, config, resume, float(interval_seconds))
 
 
-def run_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as plain JSON-able values, without the keys a resume may change."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    config.pop("hydra", None)
-    flat = dict(_flatten(config))
-    return {key: value for key, value in flat.items() if key not in IGNORED_KEYS}
-
-
-def prepare_resume(cfg: DictConfig, run_dir: Path) -> None:
-    """Check that `run_dir` holds an unfinished run of this config; cut metrics.jsonl back to its checkpoints.
+def prepare_resume(run_dir: Path, config: dict[str, Any]) -> None:
+    """Check that `run_dir` holds an unfinished run of `config`; cut metrics.jsonl back to its checkpoints.
 
     Raises:
         ConfigError: the run already completed, there is no earlier run, or the config differs.
     """
-    summary = run_dir / "summary.json"
-    if summary.is_file() and json.loads(summary.read_text()).get("status") == "completed":
+    summary = run_dir / SUMMARY_FILE
+    if summary.is_file() and read_summary(summary).status == "completed":
         raise ConfigError(f"the run in {run_dir} already completed", "nothing to resume; start a new run in another hydra.run.dir")
     directory = run_dir / CHECKPOINTS
     saved_config = directory / CONFIG_FILE
     if saved_config.is_file():
-        _check_same_config(json.loads(saved_config.read_text()), run_config(cfg), run_dir)
+        _check_same_config(json.loads(saved_config.read_text()), config, run_dir)
     elif not _earlier_run_logged(run_dir):
         raise ConfigError(f"nothing to resume in {run_dir}: no earlier run there",
                           "pass the dir of an interrupted run: kdrun resume DIR, or hydra.run.dir=DIR resume=true")
@@ -59,15 +50,15 @@ def prepare_resume(cfg: DictConfig, run_dir: Path) -> None:
         log.info("resume: no checkpoint in %s yet, starting from the beginning", run_dir)
     epochs = _checkpointed_epochs(directory)
     _truncate_metrics(run_dir / "metrics.jsonl", epochs)
-    summary.unlink(missing_ok=True)  # summary.json appears again when this attempt ends
+    remove(summary)  # summary.json appears again when this attempt ends
     log.info("resume: %s", ", ".join(f"{phase} after epoch {epoch}" for phase, epoch in epochs.items()) or "from the start")
 
 
-def mark_trained_here(phases: dict[str, dict[str, Any]], run_dir: Path) -> None:
+def mark_trained_here(phases: dict[str, PhaseSummary], run_dir: Path) -> None:
     """A phase this run dir trained (it has a checkpoint) but a resume loaded from the cache is still 'trained'."""
     for name, phase in phases.items():
-        if phase.get("source") == "cache" and (run_dir / CHECKPOINTS / f"{name}.safetensors").is_file():
-            phase["source"] = "trained"
+        if phase.source == "cache" and (run_dir / CHECKPOINTS / f"{name}.safetensors").is_file():
+            phase.source = "trained"
 
 
 def remove_checkpoints(run_dir: Path) -> None:
@@ -91,7 +82,7 @@ def _checkpointed_epochs(directory: Path) -> dict[str, int]:
         epoch = checkpoint_epoch(path)
         if epoch is None:
             log.warning("resume: checkpoint %s is unreadable; %s starts over", path, path.stem)
-            path.unlink()
+            remove(path)
             continue
         epochs[path.stem] = epoch
     return epochs
@@ -116,10 +107,3 @@ def _earlier_run_logged(run_dir: Path) -> bool:
     log_file = run_dir / "train.log"
     return (log_file.is_file() and log_file.stat().st_size > 0) or (run_dir / "metrics.jsonl").is_file()
 
-
-def _flatten(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            yield from _flatten(value, f"{prefix}{key}.")
-    else:
-        yield prefix[:-1], node

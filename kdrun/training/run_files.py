@@ -1,14 +1,15 @@
-"""What a run writes into its directory besides Hydra's .hydra/: metrics.jsonl and summary.json."""
+"""The per-epoch observers of a run: metrics.jsonl with its console/train.log line, and a fan-out to several."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
-from kdrun.training.loop import EpochRecord, PhaseObserver
+from kdrun.files import append_line
+from kdrun.results import EpochRecord
+from kdrun.training.loop import PhaseObserver
 
 log = logging.getLogger("kdrun")
 
@@ -29,10 +30,7 @@ class MetricsLog:
         pass
 
     def epoch_done(self, record: EpochRecord) -> None:
-        with open(self.path, "a") as stream:
-            stream.write(json.dumps(record.to_dict()) + "\n")
-            stream.flush()
-            os.fsync(stream.fileno())
+        append_line(self.path, json.dumps(record.to_dict()))
         terms = "  ".join(f"{name} {value:.4f}" for name, value in record.loss.items())
         log.info(
             "%-11s epoch %3d/%d  %s  train %.4f  val %.4f  %.0f samples/s  %.1fs",
@@ -72,15 +70,3 @@ class Observers:
         for observer in self.observers:
             observer.phase_done(phase)
 
-
-def gap_recovered(phases: dict[str, dict[str, Any]]) -> float | None:
-    """(distilled - independent) / (teacher - independent): 1 = the whole teacher-student gap closed.
-
-    None when a phase is missing or the teacher is no better than the independent student.
-    """
-    try:
-        teacher, independent, distilled = (phases[name]["test_acc"] for name in ("teacher", "independent", "distilled"))
-    except KeyError:
-        return None
-    gap = teacher - independent
-    return (distilled - independent) / gap if gap > 0 else None

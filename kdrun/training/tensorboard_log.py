@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from kdrun.errors import ConfigError
-from kdrun.training.loop import EpochRecord
+from kdrun.results import EpochRecord
 
 log = logging.getLogger("kdrun")
 

@@ -7,10 +7,16 @@ For fused Adam/AdamW whose state already exists, FastStep calls the very same fu
 same arguments torch would pass (the results are bit-identical, which the tests check against
 `optimizer.step()`); everything else, including every first step (which creates the state), goes
 through `optimizer.step()` unchanged.
+
+The kernel (`torch._fused_adam_`) is private API, so the direct call is made only on the torch minor
+versions it was checked on, bit for bit, by tests/test_optimizer_step.py (VERIFIED_TORCH); on any other
+version FastStep is plain `optimizer.zero_grad(set_to_none=True)` + `optimizer.step()` (also tested).
+To verify a new version: run that test file on it, then add the version here.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -18,6 +24,21 @@ import torch.optim.optimizer as torch_optimizer
 
 # The exact classes whose step() is the single kernel call reproduced here (a subclass may override step).
 DIRECT_STEP_TYPES = (torch.optim.Adam, torch.optim.AdamW)
+VERIFIED_TORCH = {(2, 14)}  # (major, minor) versions whose Adam/AdamW.step() FastStep reproduces bit for bit
+
+
+def torch_minor(version: str) -> tuple[int, int]:
+    """(2, 14) for '2.14.1+cu128'."""
+    major, minor = re.match(r"(\d+)\.(\d+)", version).groups()
+    return int(major), int(minor)
+
+
+def direct_call_verified(version: str = torch.__version__) -> bool:
+    """True when this torch's fused Adam kernel is the one FastStep was checked against."""
+    return torch_minor(version) in VERIFIED_TORCH and hasattr(torch, "_fused_adam_") and hasattr(torch, "_fused_adamw_")
+
+
+DIRECT_CALL = direct_call_verified()
 
 
 class FastStep:
@@ -26,7 +47,8 @@ class FastStep:
     def __init__(self, optimizer: torch.optim.Optimizer) -> None:
         self.optimizer = optimizer
         self.parameters = [parameter for group in optimizer.param_groups for parameter in group["params"]]
-        self.direct = type(optimizer) in DIRECT_STEP_TYPES and all(map(_one_device_and_dtype, optimizer.param_groups))
+        self.direct = (DIRECT_CALL and type(optimizer) in DIRECT_STEP_TYPES
+                       and all(map(_one_device_and_dtype, optimizer.param_groups)))
 
     def clear_gradients(self) -> None:
         """zero_grad(set_to_none=True) for these parameters, without its per-call profiler record."""

@@ -1,14 +1,15 @@
-"""Device-level speed settings: autocast precision, memory format, torch.compile, CPU dropout masks.
+"""The trainer.* speed settings resolved for a device: precision, memory format, compilation, CPU switches.
 
 Defaults are chosen per device: on CPU and MPS kdrun trains in float32 so that the same seed gives
-bit-identical metrics; on CUDA `auto` means bfloat16 autocast where the GPU supports it.
-On CPU, nn.Dropout layers get a cheaper mask (kdrun/models/fast_dropout.py) and subnormal floats are
-flushed to zero (flush_subnormals). See docs/performance.md.
+bit-identical metrics; on CUDA `auto` means bfloat16 autocast where the GPU supports it. On CPU,
+nn.Dropout layers get a cheaper mask (dropout.py), subnormal floats are flushed to zero and glibc keeps
+freed gradient memory (host.py). See docs/performance.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from typing import ContextManager
 
@@ -16,7 +17,11 @@ import torch
 from torch import nn
 
 from kdrun.errors import ConfigError
-from kdrun.models.fast_dropout import use_fast_dropout
+from kdrun.training.settings import TrainerSettings
+from kdrun.training.speed.dropout import use_fast_dropout
+from kdrun.training.speed.host import flush_subnormals, reuse_freed_host_memory
+
+log = logging.getLogger("kdrun")
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -51,6 +56,17 @@ class SpeedSettings:
         return torch.compile(model) if self.compile else model
 
 
+def prepare_host(trainer: TrainerSettings, device: torch.device) -> SpeedSettings:
+    """The speed settings for this device, with the process-wide CPU ones (allocator, subnormals) applied."""
+    if device.type == "cpu":
+        reuse_freed_host_memory()  # no page faults for the per-step gradients (docs/performance.md)
+    speed = resolve_speed(trainer.precision, trainer.channels_last, trainer.compile, device, trainer.fast_dropout,
+                          trainer.flush_denormal)
+    if speed.flush_denormal and not flush_subnormals():
+        log.info("subnormal floats are flushed only on some CPU threads (torch's threads started before this run)")
+    return speed
+
+
 def resolve_speed(
     precision: str, channels_last: str | bool, compile_model: bool, device: torch.device, fast_dropout: str | bool = "auto",
     flush_denormal: str | bool = "auto",
@@ -82,30 +98,3 @@ def cpu_only_switch(name: str, value: str | bool, device: torch.device) -> bool:
     if value not in ("auto", True, False):
         raise ConfigError(f"trainer.{name}={value} is not known", "use auto, true or false")
     return device.type == "cpu" and value in ("auto", True)
-
-
-def flush_subnormals() -> bool:
-    """Treat float values below 1.2e-38 as 0 on the CPU (x86 FTZ/DAZ); True if every intra-op thread does.
-
-    Adam's first moment of a weight whose unit stopped firing decays by 0.9 a step and passes through
-    the subnormal range, where x86 arithmetic is ~100x slower: with lr 1e-3 the R4 teacher's epochs
-    2 and 3 took 7.8-8.1 s instead of 2.7-2.8 s (docs/performance.md). Values that small change no
-    weight: an update of 1e-38 is far below the last bit of any weight it is added to.
-
-    The flags are per thread and a thread inherits them when it starts, so this must run before torch
-    starts its intra-op threads (Run does it first thing); the check below multiplies subnormals on
-    every thread to find out.
-    """
-    if not torch.set_flush_denormal(True):
-        return False
-    return subnormals_left() == 0
-
-
-def subnormals_left() -> int:
-    """How many of a large block of subnormals survive a multiplication by 1 (run on every intra-op thread).
-
-    Built from the bit pattern 0x00000001 (1.4e-45): a float literal would already be flushed when the
-    calling thread converts it.
-    """
-    probe = torch.ones(torch.get_num_threads() * 65_536, dtype=torch.int32).view(torch.float32)
-    return int((probe * 1.0).count_nonzero())

@@ -17,32 +17,33 @@ from typing import Any
 
 from filelock import FileLock
 
-from kdrun.files import write_bytes_atomic
+from kdrun.files import append_line, write_bytes_atomic
+from kdrun.results import PHASES, RunSummary
 
-PHASES = ("teacher", "independent", "distilled")
 FAILURES_ENV = "KDRUN_SWEEP_FAILURES"  # a file the parent process reads after the sweep: one line per failed job
+PHASE_COLUMNS = ("source", "test_acc", "best_val_acc")  # per phase, in sweep.csv and report.csv
 COLUMNS = [
     "job", "status", "overrides", "method", "T", "alpha", "seed",
-    *[f"{phase}_{field}" for phase in PHASES for field in ("source", "test_acc", "best_val_acc")],
+    *[f"{phase}_{field}" for phase in PHASES for field in PHASE_COLUMNS],
     "gap_recovered", "error", "run_dir",
 ]
 
 
-def sweep_row(job: int, summary: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+def sweep_row(job: int, summary: RunSummary, settings: dict[str, Any]) -> dict[str, Any]:
     """One flat row per job: the numbers a sweep is compared on, and where the run is."""
     row: dict[str, Any] = {
         "job": job,
-        "status": summary.get("status"),
-        "overrides": " ".join(summary.get("overrides", [])),
+        "status": summary.status,
+        "overrides": " ".join(summary.overrides),
         **settings,
-        "gap_recovered": summary.get("gap_recovered"),
-        "error": summary.get("error", ""),
-        "run_dir": summary.get("run_dir"),
+        "gap_recovered": summary.gap_recovered,
+        "error": summary.error or "",
+        "run_dir": summary.run_dir,
     }
-    phases = summary.get("phases", {})
     for phase in PHASES:
-        for field in ("source", "test_acc", "best_val_acc"):
-            row[f"{phase}_{field}"] = phases.get(phase, {}).get(field)
+        result = summary.phases.get(phase)
+        for field in PHASE_COLUMNS:
+            row[f"{phase}_{field}"] = getattr(result, field) if result is not None else None
     return row
 
 
@@ -51,10 +52,7 @@ def append_sweep_row(sweep_dir: Path, row: dict[str, Any]) -> None:
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(sweep_dir / ".sweep.lock")):
         lines_path = sweep_dir / "sweep.jsonl"
-        with open(lines_path, "a", encoding="utf-8") as stream:
-            stream.write(json.dumps(row) + "\n")
-            stream.flush()
-            os.fsync(stream.fileno())
+        append_line(lines_path, json.dumps(row))
         rows = [json.loads(line) for line in lines_path.read_text().splitlines() if line.strip()]
         rows.sort(key=lambda item: item["job"])
         text = io.StringIO()

@@ -5,6 +5,16 @@ An entry is a folder `<cache_dir>/<kind>/<model>-<key>/` (kind: `teachers` or `s
 `meta.json` (the key's inputs, the weights' sha256, the training result). It appears atomically
 (built in a temp folder, then renamed), is checked against its hash before use, and is written
 under a cross-process file lock so that concurrent runs train a given teacher only once.
+
+Under torchrun rank 0 holds the lock and decides, all ranks follow in lockstep. If every rank took
+the entry's file lock, rank 1 would wait for rank 0's lock while rank 0 waits for rank 1 inside
+DDP's first gradient exchange: a deadlock. So only rank 0 locks (which still serialises it against
+other runs, on this node or, with cache_dir on a shared filesystem, on others), rank 0 checks the
+entry and broadcasts the outcome:
+- hit: every rank loads the same entry (complete, since entries appear atomically and rank 0
+  holds the lock while the others read it);
+- miss: every rank trains the model together under DDP and only rank 0 stores it.
+Nothing here is specific to distillation: any command that trains reusable models can keep them here.
 """
 
 from __future__ import annotations
@@ -17,13 +27,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from filelock import FileLock
-from torch import nn
 
+from kdrun import parallel
 from kdrun.errors import ConfigError
 from kdrun.files import load_weights, save_weights, sha256_of, write_json_atomic
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -31,24 +44,9 @@ CACHE_FORMAT = 1  # bump when the meaning of an entry changes, so old entries st
 
 
 def cache_key(identity: dict[str, Any]) -> str:
-    """A short, stable hash of a JSON-able description of the teacher's data, model and training."""
+    """A short, stable hash of a JSON-able description of a model's data, architecture and training."""
     canonical = json.dumps({"format": CACHE_FORMAT, **identity}, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def checkpoint_logits_entry(cache_dir: Path, checkpoint: Path, identity: dict[str, Any], device_type: str) -> Path:
-    """Where the training-set logits of a `teacher.checkpoint` teacher are kept between runs.
-
-    Such a teacher has no cache entry of its own, yet every run of a sweep that passes the same file
-    needs the same logits (a 27 s pass for a small CNN over Fashion-MNIST). The key is the file's
-    content (not its path), the model, the data split and what changes the logits' rounding.
-    """
-    key = cache_key({
-        "checkpoint_sha256": sha256_of(checkpoint), "model": identity["model"], "data": identity["data"],
-        "normalisation": identity["training"]["normalisation"], "precision": identity["training"]["precision"],
-        "device": device_type,
-    })
-    return cache_dir / "checkpoint_teachers" / f"{identity['model']['name']}-{key}"
 
 
 class ModelCache:
@@ -63,7 +61,10 @@ class ModelCache:
 
     @contextlib.contextmanager
     def locked(self, entry: Path) -> Iterator[None]:
-        """Hold the entry's lock: one process trains, the others wait and then load."""
+        """Hold the entry's lock: one process trains, the others wait and then load (under torchrun: rank 0's)."""
+        if not parallel.is_main():
+            yield
+            return
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -72,7 +73,18 @@ class ModelCache:
             yield
 
     def load(self, entry: Path, model: nn.Module) -> Optional[dict[str, Any]]:
-        """Load a valid entry into `model` and return its meta; None if absent or invalid (then retrain)."""
+        """Load a valid entry into `model` and return its meta; None if absent or invalid (then retrain).
+
+        Under torchrun rank 0 looks, and every rank gets its answer (and the same weights).
+        """
+        if not parallel.is_active():
+            return self._load(entry, model)
+        meta = parallel.broadcast_object(self._load(entry, model) if parallel.is_main() else None)
+        if meta is not None and not parallel.is_main():
+            load_weights(entry / "weights.safetensors", model, f"cached model ({self.kind})")
+        return meta
+
+    def _load(self, entry: Path, model: nn.Module) -> Optional[dict[str, Any]]:
         meta_path, weights_path = entry / "meta.json", entry / "weights.safetensors"
         if not meta_path.is_file():
             return None
@@ -88,7 +100,9 @@ class ModelCache:
         return meta
 
     def store(self, entry: Path, model: nn.Module, meta: dict[str, Any]) -> None:
-        """Write the entry atomically: complete folder under a temp name, then one rename."""
+        """Write the entry atomically: complete folder under a temp name, then one rename (rank 0 only)."""
+        if not parallel.is_main():
+            return
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{entry.name}."))
         try:
             digest = save_weights(staging / "weights.safetensors", model)
@@ -103,5 +117,3 @@ class ModelCache:
         if entry.exists():
             shutil.rmtree(entry, ignore_errors=True)
 
-
-TeacherCache = ModelCache  # the original name, kept for existing imports

@@ -1,0 +1,177 @@
+"""Everything Hydra-specific about `kdrun train`: the app, argv order, `--help`, and Hydra's errors as ConfigErrors.
+
+Nothing here imports torch, so `kdrun train --help` and `kdrun train --cfg job` answer in well under
+a second. Hydra's own `--help` lists the option of every config group by composing the config once
+per group (about 90 times with Hydra's groups, 3-8 s here); kdrun renders the same help template
+from one composition and a listing of conf/ (tests/test_cli.py compares the group lines with Hydra's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import functools
+import os
+import re
+import string
+from typing import Any, Callable, Iterator, Sequence
+
+from kdrun.config import config_dir, register_schema
+from kdrun.errors import ConfigError, KdrunError, RunError
+
+# Hydra flags that take a value, and --info's optional values; used to move flags before overrides.
+FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
+INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+HELP_FLAGS = {"--help", "-h"}
+UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}  # bad input (exit 2), unlike a full disk
+
+
+class _ThroughHydra(BaseException):
+    """Carries a KdrunError from the task past Hydra, which logs and re-raises every Exception of a task."""
+
+    def __init__(self, error: KdrunError) -> None:
+        super().__init__(error.one_line())
+        self.error = error
+
+
+def application(task: Callable[[Any], float]) -> Callable[[], Any]:
+    """The Hydra app around `task`: kdrun's schema and run-dir resolver registered, Hydra's errors left to us."""
+    import hydra
+
+    if "KDRUN_USER_HYDRA_FULL_ERROR" not in os.environ:  # what the user asked for (kdrun.errors.tracebacks_requested)
+        os.environ["KDRUN_USER_HYDRA_FULL_ERROR"] = os.environ.get("HYDRA_FULL_ERROR", "")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach hydra_errors instead of printing them itself
+    register()
+
+    @functools.wraps(task)
+    def job(cfg: Any) -> float:
+        try:
+            return task(cfg)
+        except KdrunError as error:
+            raise _ThroughHydra(error) from None  # unwrapped again by hydra_errors
+
+    return hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(job)
+
+
+def register() -> None:
+    """kdrun's root schema and the `kdrun_suffix` resolver (idempotent)."""
+    from omegaconf import OmegaConf
+
+    register_schema()
+    if not OmegaConf.has_resolver("kdrun_suffix"):
+        OmegaConf.register_new_resolver("kdrun_suffix", run_dir_suffix)
+
+
+def run_dir_suffix(override_dirname: str) -> str:
+    """`_T=10,method=basic` for the run dir name; '' without overrides. Slashes would nest folders."""
+    if not override_dirname:
+        return ""
+    return "_" + override_dirname.replace(os.sep, "_")[:120]
+
+
+def flags_first(arguments: Sequence[str]) -> list[str]:
+    """Move Hydra's flags (with their values) in front of the overrides.
+
+    Hydra's argparse rejects `a=1 -m b=2`; users type flags anywhere.
+    """
+    flags: list[str] = []
+    overrides: list[str] = []
+    tokens = list(arguments)
+    while tokens:
+        token = tokens.pop(0)
+        if not token.startswith("-"):
+            overrides.append(token)
+            continue
+        flags.append(token)
+        takes_value = token in FLAGS_WITH_VALUE or (token in ("--info", "-i") and tokens and tokens[0] in INFO_VALUES)
+        if takes_value and tokens:
+            flags.append(tokens.pop(0))
+    return flags + overrides
+
+
+def wants_help(arguments: Sequence[str]) -> bool:
+    return any(token in HELP_FLAGS for token in arguments)
+
+
+def render_help(arguments: Sequence[str]) -> str:
+    """Hydra's help template for `kdrun train [overrides] --help`: groups and options, then the composed config."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf, open_dict
+
+    register()
+    overrides = [token for token in flags_first(arguments) if not token.startswith("-")]
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    template = cfg.hydra.help.template
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return string.Template(template).safe_substitute(
+        APP_CONFIG_GROUPS=config_groups(), CONFIG=OmegaConf.to_yaml(cfg), HYDRA_CONFIG_GROUPS="", FLAGS_HELP="")
+
+
+def config_groups() -> str:
+    """`group: option, option` per config group of conf/ (Hydra's own groups left out, as in Hydra's help)."""
+    root = config_dir()
+    lines = []
+    for folder in sorted(path for path in root.rglob("*") if path.is_dir()):
+        group = folder.relative_to(root).as_posix()
+        options = sorted(path.stem for path in folder.glob("*.yaml"))
+        if options and group.split("/")[0] != "hydra":
+            lines.append(f"{group}: {', '.join(options)}\n")
+    return "".join(lines)
+
+
+@contextlib.contextmanager
+def hydra_errors(multirun: bool) -> Iterator[None]:
+    """THE translation of Hydra's and the file system's errors into kdrun's: bad input is a ConfigError."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        yield
+    except _ThroughHydra as carrier:
+        raise carrier.error from carrier.error.__cause__
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(describe_config_error(error, multirun)) from error
+    except BrokenPipeError:  # `kdrun train --cfg job | head`: the reader left; not a kdrun failure
+        raise
+    except OSError as error:  # e.g. Hydra creating an unwritable hydra.run.dir, or a full disk
+        kind = ConfigError if error.errno in UNWRITABLE else RunError
+        raise kind(describe_os_error(error)) from error
+
+
+def describe_os_error(error: OSError) -> str:
+    """One line for a file system failure: which path, why, and what to change."""
+    where = f" {error.filename}" if error.filename else ""
+    hint = "free disk space" if error.errno == errno.ENOSPC else "pick a writable hydra.run.dir and cache_dir"
+    return f"cannot write{where}: {error.strerror or error} ({hint})"
+
+
+def describe_config_error(error: BaseException, multirun: bool = False) -> str:
+    """One line for Hydra's and OmegaConf's composition errors, with the valid choices where known.
+
+    In a multirun Hydra first composes a base config from the NON-swept overrides and the default
+    group options (hydra#2888), so `-m method=fitnets,cosine_hidden method.student_layer=5` fails on
+    the default method; `++key=value` sets the key in every job, and each job still validates it.
+    """
+    text = str(error)
+    missing = re.search(r"Could not find '([^']+)/([^']+)'", text)
+    if missing:
+        group, option = missing.groups()
+        listing = text.split("Available options", 1)[-1].split("Config search path", 1)[0] if "Available options" in text else ""
+        choices = re.findall(r"^\t(\S+)", listing, flags=re.MULTILINE)
+        return f"unknown {group} '{option}' (choose one of: {', '.join(choices)})" if choices else f"unknown {group} '{option}'"
+    override = re.search(r"Could not override '([^']+)'", text)
+    if override:
+        key = override.group(1)
+        if multirun:
+            return (f"unknown config key '{key}' in the sweep's base config, which Hydra composes with the default "
+                    f"group options (to set a key of swept group options, write ++{key}=...; each job still checks it)")
+        return f"unknown config key '{key}' (see `kdrun train --cfg job` for valid keys; to add a new key use +{key}=...)"
+    cause = error.__cause__
+    if cause is not None and str(cause):
+        text = f"{text.splitlines()[0]}: {str(cause).splitlines()[0]}"
+        full_key = re.search(r"full_key: (\S+)", str(cause))
+        if full_key:
+            text += f" (key {full_key.group(1)}: give a value of its type, see `kdrun train --cfg job`)"
+    return " ".join(text.split())
