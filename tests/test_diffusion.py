@@ -412,7 +412,7 @@ def test_a_resume_with_another_config_is_refused(tmp_path):
 
 
 def test_report_averages_seeds_and_pairs_the_difference_within_each_run():
-    from kdrun.diffusion.results import DiffusionSummary, StepRow
+    from kdrun.diffusion_results import DiffusionSummary, StepRow
     from kdrun.report.diffusion import cells, group_runs
 
     def run(seed: int, ddim: float, distilled: float, status: str = "completed") -> DiffusionSummary:

@@ -41,16 +41,11 @@ def build_report(path: Path) -> None:
 
 
 def any_classifier_runs(path: Path) -> bool:
-    """Whether summaries other than diffusion ones (and readable) lie below `path`."""
-    import json
+    """Whether `kdrun train` runs lie below `path` (next to diffusion ones)."""
+    from kdrun.report.load import summaries_below
+    from kdrun.results import RunSummary
 
-    for summary in path.rglob("summary.json"):
-        try:
-            if json.loads(summary.read_text()).get("kind") != "diffusion":
-                return True
-        except (OSError, ValueError):
-            continue
-    return False
+    return any(isinstance(summary, RunSummary) for summary in summaries_below(path))
 
 
 def make_plots(path: Path, records: list, groups: list, reference_level: Any, learning_curves: Any, read_metrics: Any) -> list[Path]:

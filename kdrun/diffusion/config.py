@@ -2,20 +2,19 @@
 
 Registered in Hydra's ConfigStore and listed first in conf/diffusion.yaml, so wrong types and
 typos fail at composition (also under --cfg job); `validate` checks what types cannot express,
-before anything is trained or written.
+before anything is trained or written. No torch at import time: `kdrun diffusion --help` and
+`--cfg job` compose the config without it (tests/test_startup.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, List, Optional
 
 from omegaconf import MISSING, DictConfig
 
-from kdrun.config import optional_path, reject_unknown_keys
-
-from kdrun.diffusion.fid import INCEPTION_URL
-from kdrun.diffusion.schedule import halving_steps
+from kdrun.config import reject_unknown_keys
 from kdrun.errors import ConfigError
 
 SCHEMA_NAME = "kdrun_diffusion_schema"
@@ -103,6 +102,11 @@ class DiffusionSchema:
     trainer: DiffusionTrainerSchema = field(default_factory=DiffusionTrainerSchema)
 
 
+def optional_path(value: Optional[str]) -> Optional[Path]:
+    """A config path value as an absolute Path, or None when unset."""
+    return None if value in (None, "") else Path(str(value)).expanduser().resolve()
+
+
 def register_schema() -> None:
     from hydra.core.config_store import ConfigStore
 
@@ -115,6 +119,9 @@ def validate(cfg: DictConfig) -> list[int]:
     Raises:
         ConfigError: naming the key, its value and what would be valid.
     """
+    from kdrun.diffusion.fid import INCEPTION_URL
+    from kdrun.diffusion.schedule import halving_steps
+
     reject_unknown_keys(cfg, DiffusionSchema, "diffusion")
     steps = halving_steps(cfg.teacher.sampling_steps, cfg.distill.target_steps)
     for phase in ("teacher", "distill"):

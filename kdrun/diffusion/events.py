@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Union
 
-from kdrun.diffusion.results import Evaluation, PhaseRecord
+from kdrun.diffusion_results import Evaluation, PhaseRecord
 from kdrun.files import write_bytes_atomic
 
 Event = Union[Evaluation, PhaseRecord]

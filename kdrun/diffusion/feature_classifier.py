@@ -19,9 +19,9 @@ from kdrun.data import DataSplits
 from kdrun.data.batches import InMemoryBatches
 from kdrun.files import load_weights
 from kdrun.methods import CrossEntropy
+from kdrun.model_cache import ModelCache, cache_key
 from kdrun.models import build_model, check_output, count_parameters
 from kdrun.training.loop import PhaseSettings, evaluate, train_phase
-from kdrun.training.teacher_cache import ModelCache, cache_key
 
 log = logging.getLogger("kdrun")
 
@@ -91,7 +91,7 @@ def _cached_or_trained(model: nn.Module, name: str, options: dict[str, Any], tra
         train_batches = InMemoryBatches(data.train, data.mean, data.std, int(training["batch_size"]), device, shuffle=True, seed=seed)
         result = train_phase(PHASE, model, CrossEntropy(), train_batches, batches["val"], batches["test"], settings,
                              EpochLines(display))
-        summary = result.summary(count_parameters(model))
+        summary = result.summary(count_parameters(model)).to_json()
         cache.store(entry, model, {"identity": identity, "result": summary})
         log.info("FID classifier: trained and stored in cache %s", entry)
     return {"source": "trained", "best_val_acc": result.best_val_acc, "test_acc": result.test_acc,

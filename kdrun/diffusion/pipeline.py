@@ -23,24 +23,23 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from kdrun.config import optional_path
 from kdrun.diffusion.checkpoint import PhaseCheckpoints
+from kdrun.diffusion.config import optional_path
 from kdrun.diffusion.events import EventLog
 from kdrun.diffusion.feature_classifier import obtain_classifier
 from kdrun.diffusion.fid import ClassifierFeatures, FidScorer, from_uint8, inception_features, to_uint8
 from kdrun.diffusion.grids import save_grid
 from kdrun.diffusion.networks import build_network
-from kdrun.diffusion.results import Evaluation, PhaseRecord
 from kdrun.diffusion.sampler import DdimSampler, fixed_noise, sample_many
 from kdrun.diffusion.schedule import CosineSchedule
 from kdrun.diffusion.target import denoising_terms
 from kdrun.diffusion.training import PhaseSettings, distill_round, frozen, new_state, train_phase
+from kdrun.diffusion_results import Evaluation, PhaseRecord
 from kdrun.files import load_weights, save_weights
+from kdrun.model_cache import ModelCache, cache_key
 from kdrun.models import build_model, count_parameters
 from kdrun.training.device import resolve_device
-from kdrun.training.from_config import load_data, plain
-from kdrun.training.resume import run_config
-from kdrun.training.teacher_cache import ModelCache, cache_key
+from kdrun.training.from_config import load_data, plain, recorded_config
 
 log = logging.getLogger("kdrun")
 
@@ -56,7 +55,7 @@ class DiffusionRun:
         self.schedule = CosineSchedule(cfg.schedule.logsnr_min, cfg.schedule.logsnr_max)
         self.sampler = DdimSampler(self.schedule, steps[0])
         self.events = EventLog(run_dir / "metrics.jsonl", resume=bool(cfg.resume))
-        self.checkpoints = PhaseCheckpoints(run_dir / "checkpoints", run_config(cfg), bool(cfg.resume),
+        self.checkpoints = PhaseCheckpoints(run_dir / "checkpoints", recorded_config(cfg), bool(cfg.resume),
                                             float(cfg.trainer.checkpoint_seconds))
         self.data = None
         self.teacher: dict[str, Any] = {}
@@ -64,7 +63,7 @@ class DiffusionRun:
 
     def execute(self) -> None:
         cfg = self.cfg
-        self.data = load_data(cfg.dataset, cfg.seed)
+        self.data = load_data(plain(cfg.dataset), cfg.seed)
         self.shape = self.data.input_shape
         images = from_uint8(self.data.train.images).to(self.device)
         log.info("data: %s, %d training images %s, device %s; sampling steps %s", self.data.name, len(images),

@@ -79,9 +79,10 @@ def halving_steps(start: int, target: int) -> list[int]:
         counts.append(counts[-1] // 2)
     if counts[-1] != target:
         reachable = ", ".join(str(count) for count in counts)
+        example = target * 2 ** max(1, (start // max(target, 1)).bit_length() - 1)
         raise ConfigError(
             f"distill.target_steps={target} is not reached by halving teacher.sampling_steps={start} (reachable: {reachable})",
-            f"make teacher.sampling_steps the target times a power of two, e.g. teacher.sampling_steps={target * 2 ** max(1, (start // max(target, 1)).bit_length() - 1)} distill.target_steps={target}",
+            f"make teacher.sampling_steps the target times a power of two, e.g. teacher.sampling_steps={example} distill.target_steps={target}",
         )
     return counts
 

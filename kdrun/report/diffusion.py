@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from kdrun.diffusion.results import DiffusionSummary, read_summary
+from kdrun.diffusion_results import DiffusionSummary
 from kdrun.files import write_bytes_atomic
+from kdrun.report.load import summaries_below
 
 PLOT = "fid_vs_steps.png"
 OVERVIEW = "samples_overview.png"
@@ -173,8 +174,7 @@ def write_run_figures(summary: DiffusionSummary, run_dir: Path) -> Optional[str]
 # -- kdrun report -----------------------------------------------------------------------------------
 def load_diffusion_runs(path: Path) -> list[DiffusionSummary]:
     """Every diffusion summary.json at or below `path`."""
-    summaries = sorted(path.rglob("summary.json")) if path.is_dir() else []
-    return [summary for summary in (read_summary(item) for item in summaries) if summary is not None]
+    return [summary for summary in summaries_below(path) if isinstance(summary, DiffusionSummary)]
 
 
 def group_runs(runs: list[DiffusionSummary]) -> list[Aggregate]:

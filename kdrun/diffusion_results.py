@@ -1,15 +1,14 @@
-"""What a diffusion run produces, as typed objects; the only writer and reader of its summary.json layout.
+"""What a `kdrun diffusion` run produces, as typed objects: metrics lines, table rows, its summary.
 
-No torch here: `kdrun report` reads diffusion runs without it. A run's summary.json carries
-"kind": "diffusion"; its rows are one per number of sampling steps (N, N/2, ..., target):
-the teacher sampled with DDIM at that many steps (the baseline) and the distilled student.
+The diffusion counterpart of kdrun/results.py, which reads and writes every summary.json (it
+picks `DiffusionSummary` by the file's "kind": "diffusion"). The rows are one per number of
+sampling steps (N, N/2, ..., target): the teacher sampled with DDIM at that many steps (the
+baseline) and the distilled student. Ground floor, no torch: `kdrun report` reads these runs without it.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Optional
 
 KIND = "diffusion"
@@ -105,29 +104,28 @@ class DiffusionSummary:
     versions: dict[str, str] = field(default_factory=dict)
     kind: str = KIND
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         if self.error is None:
             data.pop("error")
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "DiffusionSummary":
+    def from_json(cls, data: dict[str, Any]) -> "DiffusionSummary":
+        """Parse what `to_json` wrote; keys it does not know are ignored.
+
+        Raises:
+            ValueError: when rounds or rows are not what a diffusion run writes.
+        """
         known = {item.name for item in fields(cls)}
         values = {key: value for key, value in data.items() if key in known}
-        values["rounds"] = [PhaseRecord(**record) for record in data.get("rounds", [])]
-        values["rows"] = [StepRow(**row) for row in data.get("rows", [])]
-        return cls(**values)
+        try:
+            values["rounds"] = [PhaseRecord(**record) for record in data.get("rounds", [])]
+            values["rows"] = [StepRow(**row) for row in data.get("rows", [])]
+            return cls(**values)
+        except TypeError as error:
+            raise ValueError(f"not a kdrun diffusion summary ({error})") from None
 
 
-def is_diffusion_summary(data: dict[str, Any]) -> bool:
-    return data.get("kind") == KIND
-
-
-def read_summary(path: Path) -> Optional[DiffusionSummary]:
-    """The diffusion summary at `path`; None when unreadable or of another kind of run."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return DiffusionSummary.from_dict(data) if is_diffusion_summary(data) else None
+def is_diffusion_summary(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("kind") == KIND
