@@ -146,7 +146,7 @@ def plot_overview(summary: DiffusionSummary, run_dir: Path, path: Path) -> Optio
             axis.axis("off")
             if grid and (run_dir / grid).is_file():
                 axis.imshow(Image.open(run_dir / grid), cmap="gray")
-                axis.set_title(f"{name}, {steps} steps", fontsize=9)
+                axis.set_title(f"{name}, {steps} step{'s' if steps != 1 else ''}", fontsize=9)
     return save_figure(figure, path, dpi=100)
 
 
