@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "report": ("kdrun.commands.report:main", "tables, report.md/report.csv and plots for a run dir or a sweep dir"),
     "diffusion": ("kdrun.commands.diffusion:main", "progressive distillation of a diffusion sampler: teacher DDIM vs distilled, FID per step count"),
     "resume": ("kdrun.commands.resume:main", "continue an interrupted or killed run from its last checkpoint: kdrun resume RUN_DIR"),
+    "export": ("kdrun.commands.export:main", "ONNX / torch.export files of a run's distilled (and compressed) students, checked: kdrun export DIR"),
 }
 
 

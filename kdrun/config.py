@@ -64,6 +64,37 @@ class CompressionSchema:
 
 
 @dataclass
+class ExportCheckSchema:
+    """How an exported file is checked against PyTorch (kdrun/export/)."""
+
+    samples: int = MISSING
+    latency_batch_size: int = MISSING
+    latency_repeats: int = MISSING
+
+
+@dataclass
+class MlflowSchema:
+    uri: str = MISSING
+
+
+@dataclass
+class WandbSchema:
+    project: str = MISSING
+    mode: str = MISSING
+    dir: Optional[str] = None
+    entity: Optional[str] = None
+
+
+@dataclass
+class TrackingSchema:
+    """Options of the experiment trackers (kdrun/tracking/); `track` picks which run."""
+
+    experiment: Optional[str] = None
+    mlflow: MlflowSchema = field(default_factory=MlflowSchema)
+    wandb: WandbSchema = field(default_factory=WandbSchema)
+
+
+@dataclass
 class RootSchema:
     dataset: Any = MISSING
     teacher: Any = MISSING
@@ -85,6 +116,10 @@ class RootSchema:
     trainer: TrainerSchema = field(default_factory=TrainerSchema)
     compress: List[str] = field(default_factory=list)
     compression: CompressionSchema = field(default_factory=CompressionSchema)
+    export: List[str] = field(default_factory=list)
+    export_check: ExportCheckSchema = field(default_factory=ExportCheckSchema)
+    track: List[str] = field(default_factory=list)
+    tracking: TrackingSchema = field(default_factory=TrackingSchema)
 
 
 def register_schema() -> None:

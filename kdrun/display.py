@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from kdrun.results import EpochRecord, PhaseSummary, RunSummary
+from kdrun.results import EpochRecord, Exports, PhaseSummary, RunSummary
 
 COMPRESSION_COLUMNS = ("non-zero", "MB", "CPU ms")  # shown when a run has compression stages
 
@@ -99,11 +99,31 @@ def compression_cells(result: PhaseSummary) -> tuple[str, ...]:
     return (f"{result.nonzero_params:,}", f"{result.size_mb:.3f}", f"{result.latency_ms:.2f}")
 
 
+def export_table(exports: Exports) -> Table:
+    """One row per exported file: how closely it predicts like PyTorch, and how fast, on the CPU."""
+    table = Table(title="exported students (checked on the test split)", title_justify="left")
+    for column in ("phase", "format", "file", "max |diff|", "top-1 agree", "test acc", "CPU ms", "PyTorch ms"):
+        table.add_column(column, justify="left" if column in ("phase", "format", "file") else "right", no_wrap=column != "file")
+    batch_sizes = set()
+    for phase, by_format in exports.items():
+        for name, check in by_format.items():
+            if check.error or check.path is None:
+                table.add_row(phase, name, f"failed: {(check.error or '')[:60]}", "-", "-", "-", "-", "-")  # whole: summary.json
+                continue
+            batch_sizes.add(str(check.latency_batch_size))
+            table.add_row(phase, name, Path(check.path).name, f"{check.max_abs_diff:.1e}", f"{check.top1_agreement:.4f}",
+                          f"{check.test_acc_exported:.4f}", f"{check.latency_ms_exported:.3f}", f"{check.latency_ms_pytorch:.3f}")
+    table.caption = f"max |diff|: of the logits; CPU ms: median forward of a batch of {', '.join(sorted(batch_sizes))} test input(s)"
+    table.caption_justify = "left"
+    return table
+
+
 def print_results(summary: RunSummary, run_dir: Path, console: Console, file_log: logging.Logger) -> None:
-    """Print the table to stdout and its plain-text form into train.log."""
-    table = results_table(summary)
-    console.print(table)
-    console.print(f"run dir: {run_dir}", markup=False, highlight=False, soft_wrap=True)
+    """Print the table(s) to stdout and their plain-text form into train.log."""
+    tables = [results_table(summary), *([export_table(summary.export)] if summary.export else [])]
     plain = Console(file=io.StringIO(), width=130, color_system=None, legacy_windows=False)
-    plain.print(table)
+    for table in tables:
+        console.print(table)
+        plain.print(table)
+    console.print(f"run dir: {run_dir}", markup=False, highlight=False, soft_wrap=True)
     file_log.info("%s\nrun dir: %s", plain.file.getvalue().rstrip(), run_dir)

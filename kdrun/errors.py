@@ -9,6 +9,7 @@ records its own failure in its summary and sweep row so that the other jobs stil
 from __future__ import annotations
 
 import os
+import re
 
 
 def tracebacks_requested() -> bool:
@@ -48,3 +49,9 @@ class Interrupted(KdrunError):
     """The user stopped a run (Ctrl-C); its summary.json says so and `kdrun resume` continues it. Exit code 130."""
 
     exit_code = 130
+
+
+def exception_line(error: BaseException, limit: int = 200) -> str:
+    """`TypeError: message` of a foreign exception (user code, an exporter), folded to one line and cut."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # terminal colour codes (torch.onnx's messages carry them)
+    return f"{type(error).__name__}: {' '.join(text.split())}"[:limit]

@@ -94,7 +94,7 @@ def load_weights(path: Path, model: nn.Module, what: str) -> None:
     """
     if not path.is_file():
         raise ConfigError(f"{what} file {path} does not exist", "check the path")
-    state = _read_state_dict(path, what)
+    state = read_state_dict(path, what)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -114,7 +114,7 @@ def load_weights(path: Path, model: nn.Module, what: str) -> None:
     model.load_state_dict(state)
 
 
-def _read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path, what: str) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file

@@ -2,10 +2,10 @@
 
 A phase's epochs are `EpochRecord`s (one metrics.jsonl line each); the training loop returns a
 `PhaseResult`; the run keeps one `PhaseSummary` per phase (its row in the table and in summary.json)
-and ends as a `RunSummary`. Everything that shows or aggregates results (the table, `kdrun report`,
-sweep rows) reads these objects instead of looking up dict keys, and the JSON layout of
-summary.json (../shared/DESIGN.md) is written and parsed here only. No torch: reports and sweep
-tools read results without it.
+and one `ExportResult` per exported file, and ends as a `RunSummary`. Everything that shows or
+aggregates results (the table, `kdrun report`, sweep rows, trackers) reads these objects instead of
+looking up dict keys, and the JSON layout of summary.json (../shared/DESIGN.md) is written and
+parsed here only. No torch: reports and sweep tools read results without it.
 """
 
 from __future__ import annotations
@@ -124,12 +124,43 @@ class DatasetInfo:
 
 
 @dataclass
+class ExportResult:
+    """One exported file (kdrun/export/) checked against its PyTorch model; `error` (and no `path`) when the
+    format could not express the model. The numbers are None then."""
+
+    path: Optional[str]
+    format: str
+    error: Optional[str] = None
+    size_mb: Optional[float] = None
+    checked_samples: Optional[int] = None  # test inputs compared
+    max_abs_diff: Optional[float] = None  # of the logits
+    top1_agreement: Optional[float] = None
+    test_acc_exported: Optional[float] = None  # on the checked inputs
+    test_acc_pytorch: Optional[float] = None
+    latency_batch_size: Optional[int] = None
+    latency_ms_pytorch: Optional[float] = None
+    latency_ms_exported: Optional[float] = None
+    export_seconds: Optional[float] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, row: dict[str, Any]) -> "ExportResult":
+        return cls(**{item.name: row.get(item.name) for item in fields(cls)})
+
+
+Exports = dict[str, dict[str, ExportResult]]  # phase -> format -> its file's check
+
+
+@dataclass
 class RunProgress:
     """What a run has produced so far; summary.json is made from it however the run ends (completed or not)."""
 
     phases: dict[str, PhaseSummary] = field(default_factory=dict)  # in the order they finished
     dataset: Optional[DatasetInfo] = None
     device: Optional[str] = None
+    export: Exports = field(default_factory=dict)
 
 
 @dataclass
@@ -147,6 +178,7 @@ class RunSummary:
     started: Optional[str] = None
     finished: Optional[str] = None
     versions: Optional[dict[str, str]] = None
+    export: Exports = field(default_factory=dict)  # export=[...] / kdrun export: left out of the JSON when empty
 
     @property
     def gap_recovered(self) -> Optional[float]:
@@ -175,6 +207,9 @@ class RunSummary:
             summary["dataset"] = self.dataset.to_json()
         summary["phases"] = {name: phase.to_json() for name, phase in self.phases.items()}
         summary["gap_recovered"] = self.gap_recovered
+        if self.export:
+            summary["export"] = {phase: {name: check.to_json() for name, check in by_format.items()}
+                                 for phase, by_format in self.export.items()}
         for key in ("started", "finished", "versions"):
             if getattr(self, key) is not None:
                 summary[key] = getattr(self, key)
@@ -192,13 +227,14 @@ class RunSummary:
         phases = data.get("phases", {})
         if not all(isinstance(row, dict) for row in phases.values()):
             raise ValueError("not a kdrun summary (a phase is not an object)")
-        dataset = data.get("dataset")
+        dataset, export = data.get("dataset"), data.get("export")
         return cls(
             status=data.get("status", "unknown"), run_dir=data.get("run_dir", ""), seed=data.get("seed"),
             overrides=list(data.get("overrides", [])), phases={name: PhaseSummary.from_json(row) for name, row in phases.items()},
             error=data.get("error"), device=data.get("device"),
             dataset=_dataset_info(dataset),
             started=data.get("started"), finished=data.get("finished"), versions=data.get("versions"),
+            export=_exports(export) if isinstance(export, dict) else {},
         )
 
 
@@ -206,6 +242,11 @@ def _dataset_info(data: Any) -> Optional[DatasetInfo]:
     if not isinstance(data, dict) or "name" not in data:
         return None
     return DatasetInfo(**{item.name: data.get(item.name) for item in fields(DatasetInfo)})
+
+
+def _exports(data: dict[str, Any]) -> Exports:
+    return {phase: {name: ExportResult.from_json(check) for name, check in by_format.items() if isinstance(check, dict)}
+            for phase, by_format in data.items() if isinstance(by_format, dict)}
 
 
 def gap_recovered(phases: dict[str, PhaseSummary]) -> Optional[float]:

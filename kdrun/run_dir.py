@@ -51,7 +51,7 @@ def finish(run_dir: Path, progress: RunProgress, seed: Optional[int], overrides:
     summary = RunSummary(
         status, str(run_dir), seed, overrides, progress.phases, error=error, device=progress.device, dataset=progress.dataset,
         started=started.isoformat(timespec="seconds"), finished=now().isoformat(timespec="seconds"),
-        versions={"kdrun": __version__, "torch": torch.__version__},
+        versions={"kdrun": __version__, "torch": torch.__version__}, export=progress.export,
     )
     write_summary(run_dir, summary)
     return summary

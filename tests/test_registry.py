@@ -32,10 +32,17 @@ def test_duplicate_registration_raises():
         registry.register("a")(lambda: 2)
 
 
+# models that wrap another library or the user's code need to be told what to build
+REQUIRED_OPTIONS = {"custom": {"_target_": "kdrun.models.mlp.MLP", "hidden": [5], "dropout": 0.0},
+                    "timm": {"model": "test_resnet"}}
+
+
 @pytest.mark.parametrize("name", MODELS.names())
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
 def test_every_model_runs_forward_backward(name, shape):
-    model = build_model(name, shape, 7)
+    if name == "timm":
+        pytest.importorskip("timm")
+    model = build_model(name, shape, 7, **REQUIRED_OPTIONS.get(name, {}))
     check_output(model, shape, 7)
     output = model(torch.randn(4, *shape))
     output.sum().backward()

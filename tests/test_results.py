@@ -31,6 +31,16 @@ COMPLETED = {
                    "amount": 0.2, "structure": "unstructured", "nonzero_params": 1544, "size_mb": 0.01, "latency_ms": 0.2},
     },
     "gap_recovered": (0.92 - 0.90) / (0.97 - 0.90),
+    "export": {  # export=[onnx]: a checked file per phase and format; a format that cannot express a model says why
+        "distilled": {"onnx": {"path": "/runs/a/export/distilled.onnx", "format": "onnx", "error": None, "size_mb": 0.01,
+                               "checked_samples": 359, "max_abs_diff": 2.4e-07, "top1_agreement": 1.0,
+                               "test_acc_exported": 0.92, "test_acc_pytorch": 0.92, "latency_batch_size": 1,
+                               "latency_ms_pytorch": 0.05, "latency_ms_exported": 0.02, "export_seconds": 1.5}},
+        "pruned": {"torch_export": {"path": None, "format": "torch_export", "error": "RuntimeError: cannot trace",
+                                    "size_mb": None, "checked_samples": None, "max_abs_diff": None, "top1_agreement": None,
+                                    "test_acc_exported": None, "test_acc_pytorch": None, "latency_batch_size": None,
+                                    "latency_ms_pytorch": None, "latency_ms_exported": None, "export_seconds": None}},
+    },
     "started": "2026-11-25T05:00:43+00:00",
     "finished": "2026-11-25T05:00:49+00:00",
     "versions": {"kdrun": "0.1.0", "torch": "2.14.1"},
@@ -59,6 +69,10 @@ def test_typed_fields_and_derived_values():
     failed = RunSummary.from_json(FAILED_EARLY)
     assert failed.setting("T") == "0" and failed.setting("alpha") is None  # from the overrides: no distilled phase
     assert failed.gap_recovered is None and failed.dataset is None
+    check = summary.export["distilled"]["onnx"]
+    assert check.top1_agreement == 1.0 and check.checked_samples == 359 and check.error is None
+    assert summary.export["pruned"]["torch_export"].path is None and failed.export == {}
+    assert "export" not in failed.to_json()  # no export=[...]: the key is left out
 
 
 def test_the_gap_is_recomputed_from_the_phases_not_trusted_from_the_file():

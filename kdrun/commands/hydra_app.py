@@ -1,4 +1,5 @@
-"""Everything Hydra-specific about `kdrun train` and `kdrun diffusion`: the app, argv order, `--help`, Hydra's errors as ConfigErrors.
+"""Everything Hydra-specific about `kdrun train`, `kdrun diffusion` and `kdrun.run`: the app, the compose API, argv order,
+`--help`, open model groups, and Hydra's errors as ConfigErrors.
 
 Nothing here imports torch, so `kdrun train --help` and `kdrun train --cfg job` answer in well under
 a second. Hydra's own `--help` lists the option of every config group by composing the config once
@@ -9,13 +10,15 @@ from one composition and a listing of conf/ (tests/test_cli.py compares the grou
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import functools
 import os
 import re
 import string
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from kdrun.config import config_dir, register_schema
 from kdrun.errors import ConfigError, KdrunError, RunError
@@ -24,6 +27,7 @@ from kdrun.errors import ConfigError, KdrunError, RunError
 FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd", "--experimental-rerun"}
 INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 HELP_FLAGS = {"--help", "-h"}
+OPEN_MODEL_OPTIONS = {"custom", "timm"}  # model options whose builder passes every other key to the model (kdrun/models/)
 UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}  # bad input (exit 2), unlike a full disk
 
 
@@ -79,7 +83,32 @@ def run_dir_suffix(override_dirname: str) -> str:
     """`_T=10,method=basic` for the run dir name; '' without overrides. Slashes would nest folders."""
     if not override_dirname:
         return ""
-    return "_" + override_dirname.replace(os.sep, "_")[:120]
+    plain = re.sub(r"(^|,)\+{1,2}", r"\1", override_dirname)  # `++teacher.width=8` (open model groups) reads as typed
+    return "_" + plain.replace(os.sep, "_")[:120]
+
+
+def open_group_overrides(overrides: Sequence[str]) -> list[str]:
+    """`teacher.depth=3` with `teacher=custom` (or timm) becomes `++teacher.depth=3`.
+
+    Hydra closes every config node after composition, so a key that the option's YAML lacks needs `+`;
+    for a custom model the keys ARE its constructor's arguments, unknown to kdrun, so they may be typed
+    plainly. Keys the YAML defines (`_target_`, `weights`), flags and prefixed overrides stay as typed.
+    """
+    chosen = {group: value for group, _, value in (item.partition("=") for item in overrides)
+              if group in ("teacher", "student") and value in OPEN_MODEL_OPTIONS}
+    rewritten = []
+    for item in overrides:
+        group, _, name = item.partition("=")[0].partition(".")
+        if group in chosen and name and item[:1] not in "+~-" and name.split(".")[0] not in _option_keys(group, chosen[group]):
+            item = "++" + item
+        rewritten.append(item)
+    return rewritten
+
+
+def _option_keys(group: str, option: str) -> set[str]:
+    import yaml
+
+    return set(yaml.safe_load((config_dir() / group / f"{option}.yaml").read_text()) or {})
 
 
 def flags_first(arguments: Sequence[str]) -> list[str]:
@@ -188,3 +217,55 @@ def describe_config_error(error: BaseException, multirun: bool = False, command:
         if full_key:
             text += f" (key {full_key.group(1)}: give a value of its type, see `kdrun {command} --cfg job`)"
     return " ".join(text.split())
+
+
+@dataclass
+class ComposedRun:
+    """A config composed for `kdrun.run`: the task's part (what the run reads), the whole (with hydra), where, and how."""
+
+    task: Any
+    full: Any
+    run_dir: Path
+    overrides: list[str]  # as Hydra records them in .hydra/overrides.yaml
+
+
+def compose_run(overrides: Sequence[str], run_dir: Optional[Path]) -> ComposedRun:
+    """What `kdrun train OVERRIDES` composes (same conf/, schema, open model groups, run dir pattern), via the compose API.
+
+    Raises:
+        ConfigError: a composition error, or a sweep (`alpha=0.1,0.9`: one config per call).
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    register()
+    items = open_group_overrides(overrides)
+    if run_dir is not None:
+        items.append("hydra.run.dir='" + str(run_dir).replace("'", "\\'") + "'")  # names hold ',' and '='
+    with hydra_errors(multirun=False), initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
+        try:
+            full = compose("config", overrides=items, return_hydra_config=True)
+        except Exception as error:
+            if "Ambiguous value" in str(error):  # Hydra's advice (add --multirun) does not apply here
+                raise ConfigError(str(error).splitlines()[0], "kdrun.run takes one config: loop over the values in Python, "
+                                  "or sweep with kdrun train -m") from None
+            raise
+    HydraConfig.instance().set_config(full)  # resolves ${now:} and the override-named run dir
+    task = copy.deepcopy(full)
+    with open_dict(task):
+        del task["hydra"]
+    return ComposedRun(task, full, Path(str(full.hydra.run.dir)).expanduser().resolve(), list(full.hydra.overrides.task))
+
+
+def save_hydra_files(composed: ComposedRun) -> None:
+    """.hydra/config.yaml, hydra.yaml and overrides.yaml, as Hydra writes them for `kdrun train`
+    (`kdrun resume` and `kdrun export` read them)."""
+    from omegaconf import OmegaConf
+
+    from kdrun.files import write_bytes_atomic
+
+    folder = composed.run_dir / ".hydra"
+    write_bytes_atomic(folder / "config.yaml", OmegaConf.to_yaml(composed.task).encode())
+    write_bytes_atomic(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.masked_copy(composed.full, ["hydra"])).encode())
+    write_bytes_atomic(folder / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(composed.overrides)).encode())

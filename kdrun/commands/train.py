@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-from kdrun.commands.hydra_app import application, flags_first, hydra_errors, render_help, wants_help
+from kdrun.commands.hydra_app import application, flags_first, hydra_errors, open_group_overrides, render_help, wants_help
 from kdrun.errors import ConfigError, Interrupted, KdrunError, RunError, tracebacks_requested
 
 
@@ -26,6 +26,7 @@ def main(arguments: list[str]) -> None:
     from kdrun.sweep_files import FAILURES_ENV
 
     multirun = "-m" in arguments or "--multirun" in arguments
+    arguments = open_group_overrides(arguments)  # teacher=custom teacher.depth=3: the model's own keys, typed plainly
     with hydra_errors(multirun):
         if wants_help(arguments):
             print(render_help(arguments))
@@ -107,7 +108,7 @@ def run_and_show(cfg: Any, job: Job) -> Any:
             discard_if_empty(job.run_dir)  # bad input: leave nothing behind that looks like a run
             raise
         display = ProgressDisplay(console, settings.trainer.progress)
-        summary = execute(settings, job.run_dir, job.overrides, display, job.jobs_at_once)
+        summary = execute(settings, job.run_dir, job.overrides, display, job.jobs_at_once, job.sweep_dir)
         stdout = console_stdout()
         print_results(summary, job.run_dir, stdout, logs.file_log)
         stdout.print(f"report: kdrun report {job.run_dir}", soft_wrap=True, markup=False, highlight=False)

@@ -11,6 +11,7 @@ import copy
 import statistics
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -41,15 +42,19 @@ def cpu_latency_ms(model: nn.Module, inputs: torch.Tensor, repeats: int) -> floa
     """
     on_cpu = model if _is_on_cpu(model) else copy.deepcopy(model).cpu()
     on_cpu.eval()
-    inputs = inputs.cpu()
-    timings = []
     with torch.inference_mode():
-        for _ in range(WARMUP_CALLS):
-            on_cpu(inputs)
-        for _ in range(repeats):
-            started = time.perf_counter()
-            on_cpu(inputs)
-            timings.append((time.perf_counter() - started) * 1000)
+        return median_ms(on_cpu, inputs.cpu(), repeats)
+
+
+def median_ms(call: Callable[[torch.Tensor], Any], inputs: torch.Tensor, repeats: int) -> float:
+    """Median milliseconds of `call(inputs)` over `repeats` timed calls, after WARMUP_CALLS untimed ones."""
+    for _ in range(WARMUP_CALLS):
+        call(inputs)
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        call(inputs)
+        timings.append((time.perf_counter() - started) * 1000)
     return statistics.median(timings)
 
 

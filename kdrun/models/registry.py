@@ -14,7 +14,7 @@ from kdrun.registry import Registry
 MODELS: Registry = Registry("model")
 
 
-def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, **options) -> nn.Module:
+def build_model(name: str, input_shape: tuple[int, int, int], num_classes: int, /, **options) -> nn.Module:
     return MODELS.build(name, input_shape, num_classes, **options)
 
 

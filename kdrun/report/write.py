@@ -10,6 +10,7 @@ from typing import Optional
 from kdrun.files import write_bytes_atomic
 from kdrun.report.aggregate import Group
 from kdrun.report.load import RunRecord
+from kdrun.report.table import COLUMNS, group_row
 
 SPLIT_NOTE = (
     "Tuning (choosing alpha, T, the best epoch) uses the **validation** split (`best_val_acc`); "
@@ -34,10 +35,12 @@ def fmt(mean: Optional[float], std: Optional[float], digits: int = 4) -> str:
 
 
 def group_cells(group: Group) -> list[str]:
+    """The plain row (report/table.py) as the table's text cells."""
+    row = group_row(group)
+    columns = [fmt(row[column], row[f"{column}_std"]) for column in COLUMNS]
     return [
         group.label(), f"{group.T:g}" if group.T is not None else "-", f"{group.alpha:g}" if group.alpha is not None else "-",
-        str(len(group.runs)), fmt(*group.mean_std("teacher")), fmt(*group.mean_std("independent")),
-        fmt(*group.mean_std("distilled", "best_val_acc")), fmt(*group.mean_std("distilled")), fmt(*group.gap(), digits=2),
+        str(row["seeds"]), *columns, fmt(row["gap_recovered"], row["gap_recovered_std"], digits=2),
     ]
 
 

@@ -112,7 +112,8 @@ def open_run(settings: RunSettings, run_dir: Path, observer: PhaseObserver, prog
 
 
 def check_configuration(settings: RunSettings, data: DataSplits, device: torch.device, speed: SpeedSettings) -> int:
-    """Build the models, the method and the compression stages once, untrained; returns the evaluation batch size.
+    """Build the models, the method and the compression stages once, untrained, and check the export settings;
+    returns the evaluation batch size.
 
     The probe models consume the global generator; every phase reseeds it before building its own model.
     """
@@ -124,6 +125,10 @@ def check_configuration(settings: RunSettings, data: DataSplits, device: torch.d
         from kdrun.compression.stages import build_stages
 
         build_stages(settings.compression.stages, settings.compression.options, student)
+    if settings.export.formats:  # formats, their packages and export_check, before any training
+        from kdrun.export.from_run import check_export
+
+        check_export(settings.export)
     return eval_batch_size
 
 

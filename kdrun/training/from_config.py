@@ -19,7 +19,7 @@ from kdrun.data import DATASETS, DataSplits, make_splits
 from kdrun.data.base import override_normalisation
 from kdrun.errors import ConfigError
 from kdrun.models import build_model
-from kdrun.training.settings import CompressionSettings, ModelSpec, RunSettings, TrainerSettings
+from kdrun.training.settings import CompressionSettings, ExportSettings, ModelSpec, RunSettings, TrackingSettings, TrainerSettings
 
 GENERIC_DATASET_KEYS = ("name", "val_fraction", "max_train_samples", "augment", "mean", "std")
 NOT_RECORDED = ("resume", "trainer.progress", "trainer.checkpoint_seconds")  # may differ between a first start and a resume
@@ -46,8 +46,19 @@ def settings_from_config(cfg: DictConfig) -> RunSettings:
         optimizer=plain(cfg.optimizer), scheduler=plain(cfg.scheduler) if cfg.scheduler is not None else None,
         trainer=TrainerSettings(**plain(cfg.trainer)),
         compression=CompressionSettings(list(cfg.compress), compression, measure["batch_size"], measure["repeats"]),
-        recorded_config=recorded_config(cfg),
+        export=export_settings(cfg), tracking=tracking_settings(cfg), recorded_config=recorded_config(cfg),
     )
+
+
+def export_settings(cfg: DictConfig, formats: Optional[list[str]] = None) -> ExportSettings:
+    """export=[...] (or `formats`, from `kdrun export --format`) and export_check.*."""
+    check = cfg.export_check
+    return ExportSettings(list(cfg.export if formats is None else formats), check.samples, check.latency_batch_size, check.latency_repeats)
+
+
+def tracking_settings(cfg: DictConfig) -> TrackingSettings:
+    """track=[...] and tracking.*; a tracker logs the whole resolved config as the run's params."""
+    return TrackingSettings(list(cfg.track), plain(cfg.tracking), resolved(cfg))
 
 
 def model_spec(options: dict[str, Any]) -> ModelSpec:
@@ -88,9 +99,14 @@ def plain(node: Any) -> dict[str, Any]:
 
 def recorded_config(cfg: DictConfig) -> dict[str, Any]:
     """The resolved config as flat JSON-able values, without the keys a resume may change."""
+    return {key: value for key, value in _flatten(resolved(cfg)) if key not in NOT_RECORDED}
+
+
+def resolved(cfg: DictConfig) -> dict[str, Any]:
+    """The whole config as plain nested values, without Hydra's own node."""
     config = OmegaConf.to_container(cfg, resolve=True)
     config.pop("hydra", None)
-    return {key: value for key, value in _flatten(config) if key not in NOT_RECORDED}
+    return config
 
 
 def _flatten(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:

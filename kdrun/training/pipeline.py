@@ -1,4 +1,4 @@
-"""One run, top to bottom: teacher source -> independent student -> distilled student -> compression stages.
+"""One run, top to bottom: teacher source -> independent student -> distilled student -> compression -> export.
 
 This is the story of `kdrun train` once the config is plain settings (kdrun/training/from_config.py)
 and the run dir is set up (kdrun/training/run.py). Each step adds its row to `progress.phases`, so
@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from kdrun import parallel
 from kdrun.files import load_tensor, save_tensor, save_weights
 from kdrun.methods import Objective
 from kdrun.models import count_parameters
@@ -28,7 +29,7 @@ log = logging.getLogger("kdrun")
 
 
 def run_pipeline(settings: RunSettings, run_dir: Path, observer: PhaseObserver, progress: RunProgress) -> RunContext:
-    """Teacher -> independent student -> distilled student -> compression; rows land in progress.phases.
+    """Teacher -> independent -> distilled -> compression -> export; rows land in progress.phases (and .export).
 
     Returns the run's context (its data and device), for callers that measure the run (kdrun bench).
     """
@@ -41,6 +42,11 @@ def run_pipeline(settings: RunSettings, run_dir: Path, observer: PhaseObserver, 
         from kdrun.compression.runner import compress_student
 
         compress_student(context, student, method)
+    if settings.export.formats and parallel.is_main():  # ONNX / torch.export files of the kept students (docs/export.md)
+        from kdrun.export.from_run import export_run
+
+        context.progress.export = export_run(settings.export, settings.student, context.data, context.progress.phases,
+                                             context.run_dir, settings.seed)
     return context
 
 

@@ -17,11 +17,7 @@ class ModelSpec:
     """An architecture from the teacher/student group: registry name and its options."""
 
     name: str
-    options: dict[str, Any]
-
-    def identity(self) -> dict[str, Any]:
-        """The architecture as it enters a cache key: {"name": ..., **options}."""
-        return {"name": self.name, **self.options}
+    options: dict[str, Any]  # its cache identity: kdrun.models.identity.architecture_identity
 
 
 @dataclass(frozen=True)
@@ -52,6 +48,25 @@ class CompressionSettings:
 
 
 @dataclass(frozen=True)
+class ExportSettings:
+    """export=[...] and export_check.*: the formats written at the end of a run, and how each file is checked."""
+
+    formats: list[str] = field(default_factory=list)
+    check_samples: int = 1000  # test inputs compared between PyTorch and the file
+    latency_batch_size: int = 1
+    latency_repeats: int = 50
+
+
+@dataclass(frozen=True)
+class TrackingSettings:
+    """track=[...] and tracking.*: the experiment trackers beside TensorBoard (kdrun/tracking/)."""
+
+    backends: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)  # tracking.* (experiment, and a node per backend)
+    params: dict[str, Any] = field(default_factory=dict)  # the resolved config, nested: what a tracker logs as params
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """Everything one run needs to know; see conf/config.yaml for the meaning of each key."""
 
@@ -76,6 +91,8 @@ class RunSettings:
     scheduler: Optional[dict[str, Any]]
     trainer: TrainerSettings
     compression: CompressionSettings
+    export: ExportSettings
+    tracking: TrackingSettings
     recorded_config: dict[str, Any]  # flat resolved config a resume must match (kdrun/training/resume.py)
 
     @property

@@ -20,6 +20,7 @@ from kdrun.files import load_weights, save_weights, sha256_of
 from kdrun.methods import CrossEntropy
 from kdrun.model_cache import ModelCache, cache_key
 from kdrun.models import count_parameters
+from kdrun.models.identity import architecture_identity
 from kdrun.results import PhaseSummary
 from kdrun.training.context import RunContext
 from kdrun.training.loop import evaluate
@@ -109,7 +110,7 @@ def model_identity(context: RunContext, spec: ModelSpec, epochs: int) -> dict[st
     settings, data, speed = context.settings, context.data, context.speed
     return {
         "data": {"name": data.name, "fingerprint": data.fingerprint(), "classes": data.class_names},
-        "model": spec.identity(),
+        "model": architecture_identity(spec.name, spec.options),  # with the hashes of a weights file / a custom model's code
         "training": {
             "epochs": epochs,
             "batch_size": settings.batch_size,
