@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import pickle
 import subprocess
 import sys
 import tempfile
@@ -18,6 +19,17 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Small budgets so each CLI run takes seconds on 2 CPU cores.
 TINY = ["teacher_epochs=2", "student_epochs=2", "trainer.progress=false"]
+
+
+def compose_config(*overrides: str):
+    """kdrun's composed config, in process (as `kdrun train --cfg job` shows it), for config-only tests."""
+    from hydra import compose, initialize_config_dir
+
+    from kdrun.config import config_dir, register_schema
+
+    register_schema()
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
 
 
 def kdrun_env(extra_env: dict[str, str] | None = None) -> dict[str, str]:
@@ -103,6 +115,29 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     header = magic.to_bytes(4, "big") + b"".join(size.to_bytes(4, "big") for size in array.shape)
     with gzip.open(path, "wb") as stream:
         stream.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_cifar_batch(path: Path, data: np.ndarray, labels: list[int], label_key: str = "labels") -> None:
+    """A batch laid out as the official python version: dict of bytes keys, data (N, 3072) uint8 rows in CHW order."""
+    batch = {b"batch_label": b"testing batch", label_key.encode(): labels, b"data": data, b"filenames": [b"x.png"] * len(labels)}
+    with open(path, "wb") as stream:
+        pickle.dump(batch, stream, protocol=2)
+
+
+def write_cifar100(root: Path, train_per_class: int, test_per_class: int) -> Path:
+    """torchvision's cifar-100-python folder (train, test, meta pickles) under root; each class a distinct colour."""
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name, per_class in (("train", train_per_class), ("test", test_per_class)):
+        labels = [label for label in range(100) for _ in range(per_class)]
+        data = rng.integers(0, 30, size=(len(labels), 3072)).astype(np.uint8)
+        for row, label in enumerate(labels):  # class k: row k % 32 of the red plane at brightness 250 - k
+            data[row, (label % 32) * 32 : (label % 32) * 32 + 32] = 250 - label
+        write_cifar_batch(folder / name, data, labels, "fine_labels")
+    with open(folder / "meta", "wb") as stream:
+        pickle.dump({b"fine_label_names": [f"class{k}".encode() for k in range(100)]}, stream, protocol=2)
+    return root
 
 
 def write_tree(root: Path, classes: dict[str, int], size: tuple[int, int] = (20, 14)) -> None:

@@ -81,6 +81,7 @@ def test_teacher_checkpoint_and_skipping_the_independent_student(kdrun_in, tmp_p
         (["+foo=1"], "unknown config key 'foo'"),
         (["teacher.hiden=[3]"], "unknown config key 'teacher.hiden'"),
         (["+student.widths=[3]"], "model 'mlp' has no option 'widths'"),
+        (["dataset.augment={name:shift,pixels:0}"], "shift pixels=0 must be an integer >= 1"),
         (["dataset=mnist", "dataset.download=false"], "MNIST files not found"),
         (["teacher.checkpoint=/no/such/file.safetensors"], "does not exist"),
     ],
@@ -138,7 +139,7 @@ def test_multirun_sweep_runs_every_combination(tmp_path):
     [
         (["--help"], "train"),
         (["train", "--help"], "kdrun train"),
-        (["train", "--cfg", "job"], "T: 4.0"),
+        (["train", "--cfg", "job"], "T: 2.0"),
         (["train", "method=basic", "--cfg", "job"], "name: basic"),  # flags after overrides work
         (["--version"], "kdrun 0.1.0"),
     ],

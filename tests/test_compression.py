@@ -184,7 +184,7 @@ def test_train_with_prune_and_quantize_writes_the_extra_rows(kdrun_in) -> None:
     # digits student mlp [20, 20]: 64*20 + 20*20 + 20*10 = 1880 weights, 20% of them = 376 zeroed.
     assert phases["pruned"]["nonzero_params"] == phases["distilled"]["nonzero_params"] - 376
     assert phases["quantized"]["source"] == "from pruned"
-    loaded = load_quantized(Path(phases["quantized"]["weights"]), build_model("mlp", (1, 8, 8), 10, hidden=[20, 20], dropout=0.5))
+    loaded = load_quantized(Path(phases["quantized"]["weights"]), build_model("mlp", (1, 8, 8), 10, hidden=[20, 20], dropout=0.0))
     assert count_nonzero(loaded) == phases["quantized"]["nonzero_params"]  # the README's load example
     for row in ("pruned", "quantized"):
         assert row in result.stdout

@@ -9,17 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import run_kdrun, write_idx, write_tree
+from conftest import run_kdrun, write_cifar_batch, write_idx, write_tree
 from kdrun.data import DATASETS
 from kdrun.data.augment import build_augmentation
 from kdrun.errors import ConfigError
-
-
-def write_cifar_batch(path: Path, data: np.ndarray, labels: list[int], label_key: str = "labels") -> None:
-    """A batch laid out as the official python version: dict of bytes keys, data (N, 3072) uint8 rows in CHW order."""
-    batch = {b"batch_label": b"testing batch", label_key.encode(): labels, b"data": data, b"filenames": [b"x.png"] * len(labels)}
-    with open(path, "wb") as stream:
-        pickle.dump(batch, stream, protocol=2)
 
 
 @pytest.fixture

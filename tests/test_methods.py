@@ -96,8 +96,8 @@ def test_cross_entropy_objective_has_single_term():
 CONV = {"student_layer": "features.4", "teacher_layer": "features.4"}
 SETUPS = {  # name -> (teacher builder, student builder, method options)
     "basic": ("mlp", "mlp", {}), "weighted": ("mlp", "mlp", {}), "hard": ("mlp", "mlp", {}), "dkd": ("mlp", "mlp", {}),
-    "fitnets": ("mlp", "mlp", {"student_layer": "2", "teacher_layer": "4"}),
-    "cosine_hidden": ("mlp", "mlp", {"student_layer": "2", "teacher_layer": "4"}),
+    "fitnets": ("mlp", "mlp", {"student_layer": "2", "teacher_layer": "5"}),  # ReLUs: 1st of the student, 2nd of the teacher
+    "cosine_hidden": ("mlp", "mlp", {"student_layer": "2", "teacher_layer": "5"}),
     "attention": ("tiny_cnn", "tiny_cnn", CONV), "activation_kl": ("tiny_cnn", "tiny_cnn", CONV),
     "adaptive_T": ("tiny_cnn", "tiny_cnn", CONV), "deit": ("tiny_cnn", "deit_tiny", {}),
 }

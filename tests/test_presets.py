@@ -1,14 +1,22 @@
-"""Every recipe preset composes and runs end to end on tiny data in its real on-disk format."""
+"""Every recipe preset composes and runs end to end on tiny data in its real on-disk format.
+
+The CIFAR-100 benchmark pairs (cifar100_<teacher>_<student>[_dkd]) are tested together in
+tests/test_benchmarks.py; their shared protocol, cifar100_crd, is a preset of its own here.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from test_benchmarks import BENCHMARK_PRESETS
 
-from conftest import read_summary, run_kdrun, write_tree
+from conftest import read_summary, run_kdrun, write_cifar100, write_tree
 
-PRESETS = sorted(path.stem for path in (Path(__file__).resolve().parent.parent / "conf" / "experiment").glob("*.yaml"))
+PRESETS = sorted(
+    path.stem for path in (Path(__file__).resolve().parent.parent / "conf" / "experiment").glob("*.yaml")
+    if path.stem not in BENCHMARK_PRESETS
+)
 ONE_EPOCH = ["teacher_epochs=1", "student_epochs=1", "trainer.progress=false"]
 
 
@@ -29,9 +37,13 @@ def cifar_root(tmp_path: Path) -> Path:
 # one epoch; R3's ImageNet weights cannot be downloaded in tests, so its teacher starts from scratch).
 TINY_SETUPS = {
     "mnist_mlp": lambda tmp, mnist: [f"dataset.root={mnist}"],
+    "hinton_mnist": lambda tmp, mnist: [f"dataset.root={mnist}", "dataset.download=false"],
     "flowers_vgg11_shufflenet": lambda tmp, mnist: [f"dataset.root={flowers_root(tmp)}", "dataset.image_size=32"],
     "cifar10_resnet50_smallcnn": lambda tmp, mnist: [
         f"dataset.root={cifar_root(tmp)}", "dataset.image_size=32", "teacher.weights=null", "teacher.freeze_backbone=false",
+    ],
+    "cifar100_crd": lambda tmp, mnist: [
+        f"dataset.root={write_cifar100(tmp / 'cifar100', 10, 1)}", "dataset.download=false", "dataset.max_train_samples=64",
     ],
 }
 

@@ -64,7 +64,7 @@ def reference(tmp_path_factory) -> Path:
 
 
 def test_kill_9_then_ctrl_c_then_resume_ends_bit_for_bit_like_an_uninterrupted_run(reference, tmp_path, start):
-    run_dir, cache = tmp_path / "run_T=4,method=weighted", tmp_path / "cache"  # ',' and '=' as in default run dir names
+    run_dir, cache = tmp_path / "run_T=2,method=weighted", tmp_path / "cache"  # ',' and '=' as in default run dir names
     first, markers = start(run_dir, cache, "independent:1")
     signal_at_pause(first, markers, signal.SIGKILL, "independent 1")
     assert first.returncode == -signal.SIGKILL and not (run_dir / "summary.json").exists()
@@ -74,7 +74,7 @@ def test_kill_9_then_ctrl_c_then_resume_ends_bit_for_bit_like_an_uninterrupted_r
     changed = run_kdrun("train", *ARGUMENTS, "T=8", f"hydra.run.dir='{run_dir}'", f"cache_dir={cache}", "resume=true",
                         cwd=tmp_path)
     assert changed.returncode == 2 and changed.stderr.count("\n") == 1, changed.stderr
-    assert "different config" in changed.stderr and "T=4.0, now 8.0" in changed.stderr
+    assert "different config" in changed.stderr and "T=2.0, now 8.0" in changed.stderr
     assert (run_dir / "checkpoints" / "independent.safetensors").is_file()  # nothing of the killed run was lost
 
     second, markers = start(run_dir, cache, "distilled:2", "resume=true")  # the same command, resumed; Ctrl-C

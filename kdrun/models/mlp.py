@@ -11,19 +11,26 @@ from kdrun.errors import ConfigError
 from kdrun.models.registry import MODELS
 
 
+def classifier_layers(in_features: int, hidden: Sequence[int], num_classes: int, dropout: float) -> list[nn.Module]:
+    """[Linear -> ReLU -> Dropout] per hidden width, then Linear to classes (also LeNet-5's head).
+
+    Without dropout an Identity takes the Dropout's place, so layer paths do not depend on it: in an
+    MLP, "5" (the feature methods' default tap) is the second hidden ReLU either way.
+    """
+    layers: list[nn.Module] = []
+    width = in_features
+    for hidden_width in hidden:
+        layers += [nn.Linear(width, hidden_width), nn.ReLU(inplace=True), nn.Dropout(dropout) if dropout > 0 else nn.Identity()]
+        width = hidden_width
+    layers.append(nn.Linear(width, num_classes))
+    return layers
+
+
 class MLP(nn.Sequential):
     """Flatten -> [Linear -> ReLU -> Dropout] per hidden width -> Linear to classes."""
 
     def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int, dropout: float) -> None:
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = in_features
-        for hidden_width in hidden:
-            layers += [nn.Linear(width, hidden_width), nn.ReLU(inplace=True)]
-            if dropout > 0:
-                layers.append(nn.Dropout(dropout))
-            width = hidden_width
-        layers.append(nn.Linear(width, num_classes))
-        super().__init__(*layers)
+        super().__init__(nn.Flatten(), *classifier_layers(in_features, hidden, num_classes, dropout))
 
 
 @MODELS.register("mlp")

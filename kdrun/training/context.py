@@ -47,9 +47,16 @@ class RunContext:
     device: torch.device
     speed: SpeedSettings
     data: DataSplits
-    augmentation: Optional[Augmentation]
+    augmentation: Optional[Augmentation]  # the students' (dataset.augment)
     eval_batch_size: int
     checkpoints: CheckpointStore
+    teacher_augmentation: Optional[Augmentation] = None  # the teacher phase's (teacher.augment, default the dataset's)
+
+    def augmentation_of(self, phase: str) -> Optional[Augmentation]:
+        """The teacher trains on its own augmentation; every student phase (independent, distilled, the
+        compression fine-tunes) on the dataset's, so with deterministic student inputs the teacher's
+        logits can be cached even when the teacher itself trained on jittered images (Hinton et al. 2015)."""
+        return self.teacher_augmentation if phase == "teacher" else self.augmentation
 
     def new_model(self, spec: ModelSpec) -> nn.Module:
         """A fresh model of `spec`, sized for this dataset, on the device and kdrun's fast path."""
@@ -63,16 +70,19 @@ class RunContext:
         settings = self.settings
         phase_settings = PhaseSettings(epochs, settings.make_optimizer, settings.make_scheduler, self.speed,
                                        checkpoint=self.checkpoints.phase(phase))
-        return train_phase(phase, model, objective.to(self.device), self.batches("train", shuffle=True), self.batches("val"),
-                           self.batches("test"), phase_settings, self.observer)
+        train = self.batches("train", shuffle=True, phase=phase)
+        return train_phase(phase, model, objective.to(self.device), train, self.batches("val"), self.batches("test"),
+                           phase_settings, self.observer)
 
-    def batches(self, split: str, shuffle: bool = False) -> InMemoryBatches:
-        """Batches over 'train', 'val' or 'test' for training and evaluation: this rank's share under torchrun."""
+    def batches(self, split: str, shuffle: bool = False, phase: str = "") -> InMemoryBatches:
+        """Batches over 'train', 'val' or 'test' for training and evaluation: this rank's share under torchrun.
+
+        Shuffled (training) batches apply the augmentation of `phase` (see augmentation_of)."""
         data = self.data
         size = self.settings.batch_size if shuffle else self.eval_batch_size
+        augment = self.augmentation_of(phase) if shuffle else None
         return batches_for_this_rank(getattr(data, split), data.mean, data.std, size, self.device, shuffle,
-                                     seed=self.settings.seed, augment=self.augmentation if shuffle else None,
-                                     topology=parallel.topology())
+                                     seed=self.settings.seed, augment=augment, topology=parallel.topology())
 
     def whole_split(self, split: str, device: Optional[torch.device] = None) -> InMemoryBatches:
         """A whole split in evaluation batches and in order, on every rank (teacher logits, compression)."""
@@ -100,15 +110,17 @@ def open_run(settings: RunSettings, run_dir: Path, observer: PhaseObserver, prog
     checkpoints = checkpoint_store(run_dir, settings.recorded_config, settings.resume, settings.trainer.checkpoint_seconds)
     if settings.resume:  # the run dir must hold an unfinished run of this config; metrics.jsonl is cut back to it
         prepare_resume(run_dir, settings.recorded_config)
+    augmentation = build_augmentation(settings.augment, "dataset.augment")  # a bad spec fails before the data loads
+    teacher_augmentation = build_augmentation(settings.teacher_augment, "teacher.augment")
     data = load_data(settings.dataset, settings.seed)
     progress.dataset = DatasetInfo(settings.dataset["name"], len(data.train), len(data.val), len(data.test), data.class_names)
     log.info(
         "data: %s, %d train / %d val / %d test, input %s, %d classes, device %s",
         data.name, len(data.train), len(data.val), len(data.test), data.input_shape, data.num_classes, device,
     )
-    augmentation = build_augmentation(settings.augment)
     eval_batch_size = check_configuration(settings, data, device, speed)
-    return RunContext(settings, run_dir, observer, progress, device, speed, data, augmentation, eval_batch_size, checkpoints)
+    return RunContext(settings, run_dir, observer, progress, device, speed, data, augmentation, eval_batch_size, checkpoints,
+                      teacher_augmentation)
 
 
 def check_configuration(settings: RunSettings, data: DataSplits, device: torch.device, speed: SpeedSettings) -> int:

@@ -34,12 +34,14 @@ def settings_from_config(cfg: DictConfig) -> RunSettings:
     validate(cfg)
     teacher = plain(cfg.teacher)
     checkpoint = teacher.pop("checkpoint", None)
+    teacher_augment = teacher.pop("augment", None)  # how the teacher phase trains, not an architecture option
+    dataset = plain(cfg.dataset)
     compression = plain(cfg.compression)
     measure = compression.pop("measure")
     return RunSettings(
         seed=cfg.seed, device=cfg.device, T=cfg.T, alpha=cfg.alpha, teacher_epochs=cfg.teacher_epochs,
         student_epochs=cfg.student_epochs, batch_size=cfg.batch_size, independent=cfg.independent,
-        cache_dir=Path(cfg.cache_dir).expanduser().resolve(), resume=bool(cfg.resume), dataset=plain(cfg.dataset),
+        cache_dir=Path(cfg.cache_dir).expanduser().resolve(), resume=bool(cfg.resume), dataset=dataset,
         teacher=model_spec(teacher), teacher_checkpoint=Path(checkpoint).expanduser().resolve() if checkpoint else None,
         student=model_spec(plain(cfg.student)), method=plain(cfg.method),
         make_optimizer=make_factory(cfg.optimizer, "optimizer"), make_scheduler=make_factory(cfg.scheduler, "scheduler"),
@@ -47,6 +49,7 @@ def settings_from_config(cfg: DictConfig) -> RunSettings:
         trainer=TrainerSettings(**plain(cfg.trainer)),
         compression=CompressionSettings(list(cfg.compress), compression, measure["batch_size"], measure["repeats"]),
         export=export_settings(cfg), tracking=tracking_settings(cfg), recorded_config=recorded_config(cfg),
+        teacher_augment=dataset.get("augment") if teacher_augment is None else teacher_augment,
     )
 
 

@@ -80,7 +80,7 @@ def cache_teacher_logits(context: RunContext, method: Objective, entry: Optional
     if not (context.settings.trainer.cache_teacher_logits and method.uses_cached_teacher_logits) or teacher is None:
         return 0.0
     if context.augmentation is not None:
-        log.info("teacher logits not cached: random augmentation changes the inputs every epoch")
+        log.info("teacher logits not cached: random augmentation changes the inputs every epoch (dataset.augment)")
         return 0.0
     started, samples = time.perf_counter(), len(context.data.train)
     stored = entry / "train_logits.safetensors" if entry else None

@@ -94,11 +94,13 @@ class RunSettings:
     export: ExportSettings
     tracking: TrackingSettings
     recorded_config: dict[str, Any]  # flat resolved config a resume must match (kdrun/training/resume.py)
+    teacher_augment: Any = None  # teacher.augment, resolved: the teacher phase's augmentation spec (default: the dataset's)
 
     @property
     def method_name(self) -> str:
         return self.method["name"]
 
     @property
-    def augment(self) -> Optional[str]:
+    def augment(self) -> Any:
+        """The students' augmentation spec (dataset.augment): a name, a {name: ..., options} mapping, or None."""
         return self.dataset.get("augment")

@@ -37,7 +37,7 @@ def obtain_teacher(context: RunContext) -> tuple[nn.Module, Path]:
     settings = context.settings
     torch.manual_seed(settings.seed)
     teacher = context.new_model(settings.teacher)
-    identity = model_identity(context, settings.teacher, settings.teacher_epochs)
+    identity = model_identity(context, settings.teacher, settings.teacher_epochs, settings.teacher_augment)
     if settings.teacher_checkpoint is not None:
         context.progress.phases["teacher"] = checkpoint_teacher(context, teacher, settings.teacher_checkpoint)
         return teacher, checkpoint_logits_entry(settings.cache_dir, settings.teacher_checkpoint, identity, context.device.type)
@@ -51,7 +51,7 @@ def obtain_independent(context: RunContext) -> None:
     """The CE-only student depends on data, model, budget, optimizer and seed, never on alpha/T/method:
     cached like the teacher so a sweep trains it once; a copy of its weights goes into the run dir."""
     settings = context.settings
-    identity = model_identity(context, settings.student, settings.student_epochs)
+    identity = model_identity(context, settings.student, settings.student_epochs, settings.augment)
     torch.manual_seed(settings.seed)
     student = context.new_model(settings.student)
     summary, entry = cached_or_trained(context, "independent", student, identity, "students")
@@ -105,8 +105,11 @@ def cached_summary(context: RunContext, model: nn.Module, meta: dict[str, Any], 
                         time.perf_counter() - started, train_seconds=recorded.seconds)
 
 
-def model_identity(context: RunContext, spec: ModelSpec, epochs: int) -> dict[str, Any]:
-    """Everything that determines a model trained with cross-entropy here; its hash is the cache key."""
+def model_identity(context: RunContext, spec: ModelSpec, epochs: int, augment: Any) -> dict[str, Any]:
+    """Everything that determines a model trained with cross-entropy here; its hash is the cache key.
+
+    `augment` is the augmentation spec that model's phase trained with (teacher.augment for the teacher).
+    """
     settings, data, speed = context.settings, context.data, context.speed
     return {
         "data": {"name": data.name, "fingerprint": data.fingerprint(), "classes": data.class_names},
@@ -116,7 +119,7 @@ def model_identity(context: RunContext, spec: ModelSpec, epochs: int) -> dict[st
             "batch_size": settings.batch_size,
             "optimizer": settings.optimizer,
             "scheduler": settings.scheduler,
-            "augment": settings.augment,
+            "augment": augment,  # a name, or {name: shift, pixels: 2}
             "normalisation": [data.mean, data.std],
             "precision": str(speed.autocast_dtype or "float32"),  # bf16 training gives other weights
             "fast_dropout": speed.fast_dropout,  # other dropout masks, other weights
