@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("kdrun.commands.train:main", "one run: teacher -> independent student -> distilled student (Hydra overrides)"),
     "bench": ("kdrun.commands.bench:main", "speed benchmark: kdrun's path side by side with a plain PyTorch loop"),
     "report": ("kdrun.commands.report:main", "tables, report.md/report.csv and plots for a run dir or a sweep dir"),
+    "diffusion": ("kdrun.commands.diffusion:main", "progressive distillation of a diffusion sampler: teacher DDIM vs distilled, FID per step count"),
     "resume": ("kdrun.commands.resume:main", "continue an interrupted or killed run from its last checkpoint: kdrun resume RUN_DIR"),
     "export": ("kdrun.commands.export:main", "ONNX / torch.export files of a run's distilled (and compressed) students, checked: kdrun export DIR"),
 }

@@ -143,7 +143,7 @@ def validate(cfg: DictConfig) -> None:
     Raises:
         ConfigError: naming the key, the value and the valid range.
     """
-    _reject_unknown_root_keys(cfg)
+    reject_unknown_keys(cfg)
     _check(cfg.T > 0, f"T={cfg.T} must be > 0", "the temperature divides the logits; try T=4")
     _check(0 <= cfg.alpha <= 1, f"alpha={cfg.alpha} is outside [0, 1]", "alpha is a weight; try alpha=0.5")
     for key in ("teacher_epochs", "student_epochs"):
@@ -180,13 +180,15 @@ def _check_auto_or_count(key: str, value: Any) -> None:
     _check(value == "auto" or is_count, f"{key}={value} must be auto or an integer >= 1", f"try {key}=auto")
 
 
-def _reject_unknown_root_keys(cfg: DictConfig) -> None:
+def reject_unknown_keys(cfg: DictConfig, schema: type = RootSchema, command: str = "train") -> None:
     """`+foo=1` slips past the composed schema; merging into the schema again catches it."""
     from omegaconf.errors import ConfigKeyError
 
-    plain = OmegaConf.masked_copy(cfg, [key for key in cfg.keys() if key != "hydra"])
+    # a plain container: merged as typed nodes, nested extra keys (`+trainer.foo=1`) would pass silently
+    plain = OmegaConf.create(OmegaConf.to_container(OmegaConf.masked_copy(cfg, [key for key in cfg.keys() if key != "hydra"])))
     try:
-        OmegaConf.merge(OmegaConf.structured(RootSchema), plain)
+        OmegaConf.merge(OmegaConf.structured(schema), plain)
     except ConfigKeyError as error:
-        key = getattr(error, "key", None) or str(error).split("'")[1]
-        raise ConfigError(f"unknown config key '{key}'", "see `kdrun train --cfg job` for the valid keys") from None
+        key = getattr(error, "full_key", None) or getattr(error, "key", None) or str(error).split("'")[1]
+        raise ConfigError(f"unknown config key '{key}'", f"see `kdrun {command} --cfg job` for the valid keys") from None
+

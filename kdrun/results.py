@@ -13,7 +13,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
+
+from kdrun.diffusion_results import DiffusionSummary, is_diffusion_summary
 
 PHASES = ("teacher", "independent", "distilled")  # the training phases, in the order a run makes them
 SUMMARY_FILE = "summary.json"
@@ -260,18 +262,22 @@ def gap_recovered(phases: dict[str, PhaseSummary]) -> Optional[float]:
     return (distilled - independent) / gap if gap > 0 else None
 
 
-def write_summary(run_dir: Path, summary: RunSummary) -> None:
+AnySummary = Union[RunSummary, DiffusionSummary]  # `kdrun train` runs, `kdrun diffusion` runs ("kind": "diffusion")
+
+
+def write_summary(run_dir: Path, summary: AnySummary) -> None:
     """<run_dir>/summary.json, atomically: a reader sees the previous state or this one, never half."""
     from kdrun.files import write_json_atomic
 
     write_json_atomic(run_dir / SUMMARY_FILE, summary.to_json())
 
 
-def read_summary(path: Path) -> RunSummary:
-    """A summary.json (or the run dir holding one).
+def read_summary(path: Path) -> AnySummary:
+    """A summary.json (or the run dir holding one): a DiffusionSummary for `kdrun diffusion` runs, else a RunSummary.
 
     Raises:
         OSError: unreadable file. ValueError: not JSON, or not a kdrun summary.
     """
     path = path / SUMMARY_FILE if path.is_dir() else path
-    return RunSummary.from_json(json.loads(path.read_text()))
+    data = json.loads(path.read_text())
+    return DiffusionSummary.from_json(data) if is_diffusion_summary(data) else RunSummary.from_json(data)

@@ -55,14 +55,16 @@ def start_paused(tmp_path: Path):
     pause_after="<phase>:<epoch>": the run writes markers/paused and waits there until markers/release exists,
     so a signal sent after the marker appeared lands at that point, on a fast machine as on a slow one.
     mark_locks: the run writes markers/locking-<entry> just before it takes a model cache lock.
+    pause_at_step="<phase>:<step>": the same pause for a `kdrun diffusion` phase, after that optimiser step.
     A run still alive when the test ends (a failed test left it paused) is killed.
     """
     started: list[subprocess.Popen] = []
 
-    def start(*arguments: str, cwd: Path, pause_after: str = "", mark_locks: bool = False) -> tuple[subprocess.Popen, Path]:
+    def start(*arguments: str, cwd: Path, pause_after: str = "", mark_locks: bool = False,
+              pause_at_step: str = "") -> tuple[subprocess.Popen, Path]:
         markers = Path(tempfile.mkdtemp(dir=cwd, prefix="markers-"))
         env = kdrun_env({"KDRUN_TEST_MARKERS": str(markers), "KDRUN_TEST_PAUSE_AFTER": pause_after,
-                         "KDRUN_TEST_MARK_LOCKS": "1" if mark_locks else ""})
+                         "KDRUN_TEST_MARK_LOCKS": "1" if mark_locks else "", "KDRUN_TEST_PAUSE_AT_STEP": pause_at_step})
         command = [sys.executable, str(REPO / "tests" / "paused_kdrun.py"), *arguments]
         process = subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         started.append(process)

@@ -12,6 +12,8 @@ Environment (all optional; without them this is plain `python -m kdrun`):
                             was due), write MARKERS/paused (its text: "<phase> <epoch>") and wait until
                             MARKERS/release exists; a signal that arrives meanwhile acts there.
     KDRUN_TEST_MARK_LOCKS   "1": write MARKERS/locking-<entry> just before taking a model cache entry's lock.
+    KDRUN_TEST_PAUSE_AT_STEP  "<phase>:<step>" for `kdrun diffusion`: the same pause after that optimiser step's
+                            checkpoint call (phases: teacher, distill_<steps>).
 
 Nothing of this lives in kdrun itself: it patches kdrun from the outside, in the child process only.
 """
@@ -43,19 +45,30 @@ def wait_for_release() -> None:
         time.sleep(0.05)  # SIGINT raises KeyboardInterrupt here, inside the phase, as in a real Ctrl-C
 
 
+def pause_after(owner: type, spec: str, count_of) -> None:
+    """Wrap owner.save(self, phase, progress, last): after the save of "<phase>:<count>", mark and wait."""
+    phase_name, count_text = spec.split(":")
+    original = owner.save
+
+    def save_then_pause(self, phase, progress, last):
+        original(self, phase, progress, last)
+        if phase == phase_name and count_of(progress) == int(count_text):
+            mark(PAUSED, f"{phase} {count_of(progress)}")
+            wait_for_release()
+
+    owner.save = save_then_pause
+
+
 def install_pause(spec: str) -> None:
     from kdrun.training import checkpoint
 
-    phase_name, epoch_text = spec.split(":")
-    original = checkpoint.PhaseCheckpoint.save
+    pause_after(checkpoint.PhaseCheckpoint, spec, lambda progress: progress.epoch)
 
-    def save_then_pause(self, phase, progress, last_epoch):
-        original(self, phase, progress, last_epoch)
-        if phase == phase_name and progress.epoch == int(epoch_text):
-            mark(PAUSED, f"{phase} {progress.epoch}")
-            wait_for_release()
 
-    checkpoint.PhaseCheckpoint.save = save_then_pause
+def install_step_pause(spec: str) -> None:
+    from kdrun.diffusion import checkpoint
+
+    pause_after(checkpoint.PhaseCheckpoints, spec, lambda state: state.step)
 
 
 def install_lock_markers() -> None:
@@ -80,6 +93,8 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     if os.environ.get("KDRUN_TEST_PAUSE_AFTER"):
         install_pause(os.environ["KDRUN_TEST_PAUSE_AFTER"])
+    if os.environ.get("KDRUN_TEST_PAUSE_AT_STEP"):
+        install_step_pause(os.environ["KDRUN_TEST_PAUSE_AT_STEP"])
     if os.environ.get("KDRUN_TEST_MARK_LOCKS") == "1":
         install_lock_markers()
     from kdrun.cli import main as kdrun_main

@@ -2,7 +2,7 @@
 
 Every import in kdrun/ (module level and inside functions) is read with `ast`, so a rule broken by a
 lazy import fails here too. Layers, bottom up: the ground floor (kdrun/*.py helpers), the lower
-layers (data, models, methods, report, tracking), the training core (training, compression, export),
+layers (data, models, methods, report, tracking), the training core (training, compression, export, diffusion),
 the CLI and the Python API (commands, cli, display, bench, api). A module may import its own layer and the ones below, never above.
 """
 
@@ -17,9 +17,10 @@ from conftest import REPO
 
 PACKAGE = REPO / "kdrun"
 GROUND_FLOOR = {"kdrun", "kdrun.errors", "kdrun.registry", "kdrun.files", "kdrun.parallel", "kdrun.results",
-                "kdrun.config", "kdrun.run_dir", "kdrun.model_cache", "kdrun.sweep_files", "kdrun.download"}
+                "kdrun.config", "kdrun.run_dir", "kdrun.model_cache", "kdrun.sweep_files", "kdrun.download",
+                "kdrun.diffusion_results"}
 LOWER = ("kdrun.data", "kdrun.models", "kdrun.methods", "kdrun.report", "kdrun.tracking")
-CORE = ("kdrun.training", "kdrun.compression", "kdrun.export")
+CORE = ("kdrun.training", "kdrun.compression", "kdrun.export", "kdrun.diffusion")
 TOP = ("kdrun.commands", "kdrun.cli", "kdrun.display", "kdrun.bench", "kdrun.__main__", "kdrun.api")
 
 

@@ -1,5 +1,5 @@
-"""Everything Hydra-specific about `kdrun train` and `kdrun.run`: the app, the compose API, argv order, `--help`,
-open model groups, and Hydra's errors as ConfigErrors.
+"""Everything Hydra-specific about `kdrun train`, `kdrun diffusion` and `kdrun.run`: the app, the compose API, argv order,
+`--help`, open model groups, and Hydra's errors as ConfigErrors.
 
 Nothing here imports torch, so `kdrun train --help` and `kdrun train --cfg job` answer in well under
 a second. Hydra's own `--help` lists the option of every config group by composing the config once
@@ -31,6 +31,18 @@ OPEN_MODEL_OPTIONS = {"custom", "timm"}  # model options whose builder passes ev
 UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR}  # bad input (exit 2), unlike a full disk
 
 
+@dataclass(frozen=True)
+class HydraCommand:
+    """A kdrun command that is a Hydra app: its name, its primary config in conf/, and its typed schema."""
+
+    name: str
+    config_name: str
+    register_schema: Callable[[], None]
+
+
+TRAIN = HydraCommand("train", "config", register_schema)
+
+
 class _ThroughHydra(BaseException):
     """Carries a KdrunError from the task past Hydra, which logs and re-raises every Exception of a task."""
 
@@ -39,14 +51,14 @@ class _ThroughHydra(BaseException):
         self.error = error
 
 
-def application(task: Callable[[Any], float]) -> Callable[[], Any]:
+def application(task: Callable[[Any], float], command: HydraCommand = TRAIN) -> Callable[[], Any]:
     """The Hydra app around `task`: kdrun's schema and run-dir resolver registered, Hydra's errors left to us."""
     import hydra
 
     if "KDRUN_USER_HYDRA_FULL_ERROR" not in os.environ:  # what the user asked for (kdrun.errors.tracebacks_requested)
         os.environ["KDRUN_USER_HYDRA_FULL_ERROR"] = os.environ.get("HYDRA_FULL_ERROR", "")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let Hydra's errors reach hydra_errors instead of printing them itself
-    register()
+    register(command)
 
     @functools.wraps(task)
     def job(cfg: Any) -> float:
@@ -55,14 +67,14 @@ def application(task: Callable[[Any], float]) -> Callable[[], Any]:
         except KdrunError as error:
             raise _ThroughHydra(error) from None  # unwrapped again by hydra_errors
 
-    return hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")(job)
+    return hydra.main(version_base="1.3", config_path=str(config_dir()), config_name=command.config_name)(job)
 
 
-def register() -> None:
-    """kdrun's root schema and the `kdrun_suffix` resolver (idempotent)."""
+def register(command: HydraCommand = TRAIN) -> None:
+    """The command's schema and the `kdrun_suffix` resolver (idempotent)."""
     from omegaconf import OmegaConf
 
-    register_schema()
+    command.register_schema()
     if not OmegaConf.has_resolver("kdrun_suffix"):
         OmegaConf.register_new_resolver("kdrun_suffix", run_dir_suffix)
 
@@ -123,15 +135,15 @@ def wants_help(arguments: Sequence[str]) -> bool:
     return any(token in HELP_FLAGS for token in arguments)
 
 
-def render_help(arguments: Sequence[str]) -> str:
-    """Hydra's help template for `kdrun train [overrides] --help`: groups and options, then the composed config."""
+def render_help(arguments: Sequence[str], command: HydraCommand = TRAIN) -> str:
+    """Hydra's help template for `kdrun <command> [overrides] --help`: groups and options, then the composed config."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf, open_dict
 
-    register()
+    register(command)
     overrides = [token for token in flags_first(arguments) if not token.startswith("-")]
-    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name="train"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3", job_name=command.name):
+        cfg = compose(command.config_name, overrides=overrides, return_hydra_config=True)
     template = cfg.hydra.help.template
     with open_dict(cfg):
         del cfg["hydra"]
@@ -152,7 +164,7 @@ def config_groups() -> str:
 
 
 @contextlib.contextmanager
-def hydra_errors(multirun: bool) -> Iterator[None]:
+def hydra_errors(multirun: bool, command: HydraCommand = TRAIN) -> Iterator[None]:
     """THE translation of Hydra's and the file system's errors into kdrun's: bad input is a ConfigError."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -162,7 +174,7 @@ def hydra_errors(multirun: bool) -> Iterator[None]:
     except _ThroughHydra as carrier:
         raise carrier.error from carrier.error.__cause__
     except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError(describe_config_error(error, multirun)) from error
+        raise ConfigError(describe_config_error(error, multirun, command.name)) from error
     except BrokenPipeError:  # `kdrun train --cfg job | head`: the reader left; not a kdrun failure
         raise
     except OSError as error:  # e.g. Hydra creating an unwritable hydra.run.dir, or a full disk
@@ -177,7 +189,7 @@ def describe_os_error(error: OSError) -> str:
     return f"cannot write{where}: {error.strerror or error} ({hint})"
 
 
-def describe_config_error(error: BaseException, multirun: bool = False) -> str:
+def describe_config_error(error: BaseException, multirun: bool = False, command: str = "train") -> str:
     """One line for Hydra's and OmegaConf's composition errors, with the valid choices where known.
 
     In a multirun Hydra first composes a base config from the NON-swept overrides and the default
@@ -197,13 +209,13 @@ def describe_config_error(error: BaseException, multirun: bool = False) -> str:
         if multirun:
             return (f"unknown config key '{key}' in the sweep's base config, which Hydra composes with the default "
                     f"group options (to set a key of swept group options, write ++{key}=...; each job still checks it)")
-        return f"unknown config key '{key}' (see `kdrun train --cfg job` for valid keys; to add a new key use +{key}=...)"
+        return f"unknown config key '{key}' (see `kdrun {command} --cfg job` for valid keys; to add a new key use +{key}=...)"
     cause = error.__cause__
     if cause is not None and str(cause):
         text = f"{text.splitlines()[0]}: {str(cause).splitlines()[0]}"
         full_key = re.search(r"full_key: (\S+)", str(cause))
         if full_key:
-            text += f" (key {full_key.group(1)}: give a value of its type, see `kdrun train --cfg job`)"
+            text += f" (key {full_key.group(1)}: give a value of its type, see `kdrun {command} --cfg job`)"
     return " ".join(text.split())
 
 

@@ -22,9 +22,12 @@ def build_report(path: Path) -> None:
 
     from kdrun.report import group_runs, load_runs
     from kdrun.report.aggregate import learning_curves, reference_level
+    from kdrun.report.diffusion import report_diffusion_runs
     from kdrun.report.load import read_metrics
     from kdrun.report.write import write_csv, write_markdown
 
+    if report_diffusion_runs(path) and not any_classifier_runs(path):  # `kdrun diffusion` run dirs (docs/diffusion.md)
+        return
     records = load_runs(path)
     groups = group_runs(records)
     plots = make_plots(path, records, groups, reference_level, learning_curves, read_metrics)
@@ -35,6 +38,14 @@ def build_report(path: Path) -> None:
     print_failures(console, records)
     console.print("tuning uses the validation split (distilled val = best_val_acc); report the test split (test_acc)")
     console.print(f"wrote {path / 'report.md'}, {path / 'report.csv'} and {len(plots)} plot(s)", soft_wrap=True, markup=False)
+
+
+def any_classifier_runs(path: Path) -> bool:
+    """Whether `kdrun train` runs lie below `path` (next to diffusion ones)."""
+    from kdrun.report.load import summaries_below
+    from kdrun.results import RunSummary
+
+    return any(isinstance(summary, RunSummary) for summary in summaries_below(path))
 
 
 def make_plots(path: Path, records: list, groups: list, reference_level: Any, learning_curves: Any, read_metrics: Any) -> list[Path]:

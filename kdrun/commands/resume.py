@@ -1,12 +1,14 @@
 """`kdrun resume DIR`: continue an interrupted or killed run in its own directory.
 
-Reruns `kdrun train` with the overrides the run was started with (DIR/.hydra/overrides.yaml),
+Reruns the command that made the run (`kdrun train` or `kdrun diffusion`: Hydra's job name in
+DIR/.hydra/hydra.yaml) with the overrides the run was started with (DIR/.hydra/overrides.yaml),
 `hydra.run.dir=DIR` and `resume=true`; extra overrides (e.g. trainer.progress=false) may follow DIR.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 from pathlib import Path
 
 from kdrun.errors import ConfigError
@@ -22,9 +24,20 @@ def main(arguments: list[str]) -> None:
     parser.add_argument("overrides", nargs="*", help="extra overrides that do not change the run (e.g. trainer.progress=false)")
     options = parser.parse_args(arguments)
     run_dir = options.run_dir.expanduser().resolve()
-    from kdrun.commands import train
+    overrides = original_overrides(run_dir)
+    command = importlib.import_module(f"kdrun.commands.{run_command(run_dir)}")
+    command.main([*overrides, *options.overrides, "hydra.run.dir=" + quoted(str(run_dir)), "resume=true"])
 
-    train.main([*original_overrides(run_dir), *options.overrides, "hydra.run.dir=" + quoted(str(run_dir)), "resume=true"])
+
+def run_command(run_dir: Path) -> str:
+    """`train` or `diffusion`: the command that made the run (Hydra's job name in .hydra/hydra.yaml)."""
+    import yaml
+
+    try:
+        name = yaml.safe_load((run_dir / ".hydra" / "hydra.yaml").read_text())["hydra"]["job"]["name"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return "train"
+    return "diffusion" if name == "diffusion" else "train"
 
 
 def original_overrides(run_dir: Path) -> list[str]:

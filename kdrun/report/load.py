@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from kdrun.errors import ConfigError
-from kdrun.results import PHASES, PhaseSummary, read_summary
+from kdrun.results import PHASES, AnySummary, PhaseSummary, RunSummary, read_summary
 from kdrun.sweep_files import PHASE_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,12 @@ def load_runs(path: Path) -> list[RunRecord]:
     records, unreadable = [], []
     for summary in summaries:
         try:
-            records.append(read_record(summary))
+            record = read_record(summary)
         except UnreadableSummary as error:
             unreadable.append(error)
+            continue
+        if record is not None:
+            records.append(record)
     if not records and unreadable:
         raise ConfigError(f"no readable run under {path}: {unreadable[0]}" + (f" (and {len(unreadable) - 1} more)" if len(unreadable) > 1 else ""),
                           "fix or delete the unreadable summary.json files; each run writes its own when it ends")
@@ -78,8 +81,19 @@ class UnreadableSummary(Exception):
     """A summary.json that cannot be read as a run, with the reason: '<path> is unreadable (<why>)'."""
 
 
-def read_record(summary_path: Path) -> RunRecord:
-    """The run recorded in `summary_path`.
+def summaries_below(path: Path) -> list[AnySummary]:
+    """Every readable summary.json at or below `path`, of any kind (`load_runs` names the unreadable ones)."""
+    found = []
+    for summary_path in sorted(path.rglob("summary.json")) if path.is_dir() else []:
+        try:
+            found.append(read_summary(summary_path))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def read_record(summary_path: Path) -> Optional[RunRecord]:
+    """The `kdrun train` run recorded in `summary_path`; None for another command's run (`kdrun diffusion`: report/diffusion.py).
 
     Raises:
         UnreadableSummary: when the file cannot be read, is not JSON, or is not a summary's JSON object.
@@ -88,6 +102,8 @@ def read_record(summary_path: Path) -> RunRecord:
         summary = read_summary(summary_path)
     except (OSError, ValueError) as error:  # ValueError: JSON syntax, undecodable bytes, not a summary's object
         raise UnreadableSummary(f"{summary_path} is unreadable ({error})") from None
+    if not isinstance(summary, RunSummary):
+        return None
     return RunRecord(
         run_dir=summary_path.parent,
         status=summary.status,
