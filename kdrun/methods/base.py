@@ -34,6 +34,10 @@ class Objective(nn.Module):
     uses_cached_teacher_logits: bool = True
     #: the teacher a distillation method learns from (its logits can be cached per sample); None for plain CE
     teacher: FrozenTeacher | None = None
+    #: True when forward also computes K stacked students at once: a model returning (K, B, classes), the
+    #: temperature and the term weights as (K,) tensors, (K,) terms out (kdrun/methods/losses.py). Sweeps
+    #: stack such methods' students (hydra/launcher=kdrun_stacked); the others train one at a time.
+    stacks_members: bool = False
 
     def forward(self, model: nn.Module, batch: Batch) -> StepOutput:  # pragma: no cover - interface
         raise NotImplementedError

@@ -11,17 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
-from torch.nn import functional
 
 from kdrun.data.batches import Batch
 from kdrun.methods.base import FrozenTeacher, StepOutput
 from kdrun.methods.common import DistillationObjective
-from kdrun.methods.losses import soft_target_kl
+from kdrun.methods.losses import cross_entropy, soft_target_kl
 from kdrun.methods.registry import METHODS
 
 
 @METHODS.register("basic")
 class BasicKD(DistillationObjective):
+    stacks_members = True  # its losses take stacked members' logits (kdrun/methods/losses.py)
+
     def __init__(
         self, teacher: FrozenTeacher, temperature: float, alpha: float,
         weights: dict[str, float] | None = None, schedule: dict[str, Any] | str | None = None,
@@ -33,7 +34,7 @@ class BasicKD(DistillationObjective):
         teacher_logits = self.teacher.logits(batch)
         logits = model(batch.inputs)
         kd = self.temperature**2 * soft_target_kl(logits, teacher_logits, self.temperature)
-        return StepOutput(logits, self.weigh({"ce": functional.cross_entropy(logits, batch.targets), "kd": kd}))
+        return StepOutput(logits, self.weigh({"ce": cross_entropy(logits, batch.targets), "kd": kd}))
 
     def describe(self) -> str:
         return f"ce + T^2 * KL (T={self.temperature:g})"

@@ -11,16 +11,18 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
-from torch.nn import functional
 
 from kdrun.data.batches import Batch
 from kdrun.methods.base import FrozenTeacher, StepOutput
 from kdrun.methods.common import DistillationObjective
+from kdrun.methods.losses import cross_entropy
 from kdrun.methods.registry import METHODS
 
 
 @METHODS.register("hard")
 class HardKD(DistillationObjective):
+    stacks_members = True  # its losses take stacked members' logits (kdrun/methods/losses.py)
+
     def __init__(
         self, teacher: FrozenTeacher, temperature: float, alpha: float,
         weights: dict[str, float] | None = None, schedule: dict[str, Any] | str | None = None,
@@ -30,8 +32,8 @@ class HardKD(DistillationObjective):
     def forward(self, model: nn.Module, batch: Batch) -> StepOutput:
         teacher_labels = self.teacher.logits(batch).argmax(dim=1)
         logits = model(batch.inputs)
-        ce = functional.cross_entropy(logits, batch.targets)
-        kd = functional.cross_entropy(logits, teacher_labels)
+        ce = cross_entropy(logits, batch.targets)
+        kd = cross_entropy(logits, teacher_labels)
         return StepOutput(logits, self.weigh({"ce": ce, "kd": kd}))
 
     def describe(self) -> str:

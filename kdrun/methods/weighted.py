@@ -12,17 +12,18 @@ from __future__ import annotations
 from typing import Any
 
 from torch import nn
-from torch.nn import functional
 
 from kdrun.data.batches import Batch
 from kdrun.methods.base import FrozenTeacher, StepOutput
 from kdrun.methods.common import DistillationObjective
-from kdrun.methods.losses import soft_target_kl
+from kdrun.methods.losses import cross_entropy, soft_target_kl
 from kdrun.methods.registry import METHODS
 
 
 @METHODS.register("weighted")
 class WeightedKD(DistillationObjective):
+    stacks_members = True  # its losses take stacked members' logits (kdrun/methods/losses.py)
+
     def __init__(
         self, teacher: FrozenTeacher, temperature: float, alpha: float, scale_by_T2: bool = True,
         weights: dict[str, float] | None = None, schedule: dict[str, Any] | str | None = None,
@@ -34,7 +35,7 @@ class WeightedKD(DistillationObjective):
     def forward(self, model: nn.Module, batch: Batch) -> StepOutput:
         teacher_logits = self.teacher.logits(batch)
         logits = model(batch.inputs)
-        ce = functional.cross_entropy(logits, batch.targets)
+        ce = cross_entropy(logits, batch.targets)
         scale = self.temperature**2 if self.scale_by_T2 else 1.0
         kd = scale * soft_target_kl(logits, teacher_logits, self.temperature)
         return StepOutput(logits, self.weigh({"ce": ce, "kd": kd}))

@@ -1,15 +1,19 @@
-"""K students of one architecture as stacked tensors: one vmapped call trains or evaluates them all.
+"""K students of one architecture as stacked tensors: one call trains or evaluates them all.
 
 The students' parameters and buffers are stacked along a new leading dimension
 (`torch.func.stack_module_state`), and a meta-device copy of the architecture is called with each
-member's slice (`functional_call`) under `vmap`. A logit method's loss is vmapped too: the members'
-objectives differ only in their temperature and term weights (kdrun/training/stacked/grouping.py),
-so one objective computes every member's loss with the member's own values passed in as tensors.
+member's slice (`functional_call`) under `vmap`. The members' objectives differ only in their
+temperature and term weights (kdrun/training/stacked/grouping.py), so ONE objective computes every
+member's loss from the (K, B, classes) logits with the members' values passed in as (K,) tensors
+(the methods with `stacks_members`, kdrun/methods/losses.py): the loss is not vmapped.
 
 Randomness is `same`: a stack holds jobs with one seed, which alone draw the same dropout masks from
 the same global generator state (they start from identical weights). With `same` the stack draws each
 mask once per call, of one member's shape, exactly as each job draws it alone, so the masks are
 bit-identical to the solo runs (tests/test_stacked.py).
+
+A plain MLP skips vmap and functional_call for the forward too: sequential.py multiplies the stacked
+weights by hand (the same masks).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from kdrun.data.batches import Batch, InMemoryBatches
 from kdrun.methods import Objective
+from kdrun.training.stacked.sequential import batched_forward
 
 
 class StackedStudents:
@@ -34,6 +39,7 @@ class StackedStudents:
         self.params, self.buffers = stack_module_state(students)  # params: new leaves that require grad
         self.architecture = copy.deepcopy(students[0]).to("meta")  # the code; every tensor comes from the stack
         self.state_keys = list(students[0].state_dict())
+        self.batched = batched_forward(self.architecture)  # None: the vmap path
 
     def parameters(self) -> list[torch.Tensor]:
         return list(self.params.values())
@@ -43,6 +49,9 @@ class StackedStudents:
 
     def logits(self, inputs: torch.Tensor) -> torch.Tensor:
         """(K, B, classes): every member on the same inputs."""
+        if self.batched is not None:
+            return self.batched(self.params, inputs)
+
         def member(params: dict, buffers: dict) -> torch.Tensor:
             return functional_call(self.architecture, (params, buffers), (inputs,))
 
@@ -52,17 +61,12 @@ class StackedStudents:
                weights: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Every member's logits (K, B, classes) and weighted terms ((K,) each) on one shared batch.
 
-        `objective` computes the loss of each member with that member's temperature and term weights.
+        `objective` (a method with `stacks_members`) computes all K losses in one call, each with its
+        member's temperature and term weights, from the K members' logits: no vmap over the loss.
         """
-        def member(params: dict, buffers: dict, temperature: torch.Tensor, member_weights: dict) -> tuple:
-            def model(inputs: torch.Tensor) -> torch.Tensor:
-                return functional_call(self.architecture, (params, buffers), (inputs,))
-
-            with member_values(objective, temperature, member_weights):
-                output = objective(model, batch)
-            return output.logits, output.terms
-
-        return vmap(member, randomness="same")(self.params, self.buffers, temperatures, dict(weights))
+        with member_values(objective, temperatures, weights):
+            output = objective(self.logits, batch)
+        return output.logits, output.terms
 
     def correct(self, batches: InMemoryBatches) -> torch.Tensor:
         """(K,) correct predictions on a split, in eval mode without autograd."""
@@ -86,8 +90,8 @@ class StackedStudents:
 
 
 @contextlib.contextmanager
-def member_values(objective: Objective, temperature: torch.Tensor, weights: dict[str, torch.Tensor]) -> Iterator[None]:
-    """The objective with one member's temperature and term weights (vmapped tensors) for one call."""
+def member_values(objective: Objective, temperature: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """The objective with the members' temperatures and term weights ((K,) tensors) for one call."""
     saved = objective.temperature, objective.weights
     objective.temperature, objective.weights = temperature, {**objective.weights, **weights}
     try:
