@@ -89,9 +89,25 @@ def report(rows: list[dict[str, Any]], description: str, cpu: str) -> None:
                       f"{row['test_acc'][0]:.4f}-{row['test_acc'][-1]:.4f}")
     console = Console(width=max(Console().width, 130))
     console.print(table)
+    for row in rows:
+        if row["launcher"] == "sequential":
+            console.print(f"{row['student']}: {bound_line(row)}", highlight=False)
     console.print(f"cold = end to end with the teacher and independent student trained; warm = the same sweep on their cache; "
                   f"students = the distilled phases' own seconds. One thread per job (joblib: 2 jobs at once). CPU: {cpu}",
                   highlight=False)
+
+
+def bound_line(sequential: dict[str, Any]) -> str:
+    """The end-to-end speed-up of a launcher whose students took no time at all (Amdahl's bound).
+
+    Everything but the distilled phases (process start, Hydra composing every job twice, the teacher
+    and independent student, each job's data loading and files) is the same under every launcher, so
+    no way of training the students can make the sweep faster than this.
+    """
+    students = sequential["students"]
+    cold, warm = (sequential[key] / max(sequential[key] - students, 1e-9) for key in ("cold", "warm"))
+    return (f"if its students took 0 s, a sweep would be at most {cold:.2f}x (cold) / {warm:.2f}x (warm) faster: "
+            f"the other {sequential['warm'] - students:.1f}s of the warm sweep are the same under every launcher")
 
 
 def ratio(base: float | None, value: float | None) -> str:
