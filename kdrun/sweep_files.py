@@ -1,5 +1,7 @@
 """What a multirun job adds to its sweep dir: a row in `sweep.jsonl` and `sweep.csv`, and a failure note.
 
+`kdrun train -m` and `kdrun diffusion -m` jobs both add their rows here (sweep_row, diffusion_sweep_row).
+
 Written from the task itself (not a Hydra callback) because the task is the one place that knows the
 job's outcome under every launcher: sequential, joblib (other processes) and submitit (other machines).
 Each job appends one JSON line under a file lock, then rewrites the CSV from all lines atomically, so
@@ -13,7 +15,7 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from filelock import FileLock
 
@@ -47,8 +49,12 @@ def sweep_row(job: int, summary: RunSummary, settings: dict[str, Any]) -> dict[s
     return row
 
 
-def append_sweep_row(sweep_dir: Path, row: dict[str, Any]) -> None:
-    """Append to sweep.jsonl and regenerate sweep.csv from it, both under the sweep's lock."""
+def append_sweep_row(sweep_dir: Path, row: dict[str, Any], head: Sequence[str] = COLUMNS) -> None:
+    """Append to sweep.jsonl and regenerate sweep.csv from it, both under the sweep's lock.
+
+    The CSV's columns are `head`, then any other key of the rows in the order first seen (a diffusion
+    sweep's jobs may have different step counts, hence different FID columns).
+    """
     sweep_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(sweep_dir / ".sweep.lock")):
         lines_path = sweep_dir / "sweep.jsonl"
@@ -56,7 +62,8 @@ def append_sweep_row(sweep_dir: Path, row: dict[str, Any]) -> None:
         rows = [json.loads(line) for line in lines_path.read_text().splitlines() if line.strip()]
         rows.sort(key=lambda item: item["job"])
         text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
+        columns = list(dict.fromkeys([*head, *(key for item in rows for key in item)]))
+        writer = csv.DictWriter(text, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
         write_bytes_atomic(sweep_dir / "sweep.csv", text.getvalue().encode())
@@ -68,3 +75,21 @@ def note_failure(line: str) -> None:
     if target:
         with FileLock(target + ".lock"), open(target, "a", encoding="utf-8") as stream:
             stream.write(" ".join(line.split()) + "\n")
+
+
+DIFFUSION_COLUMNS = ["job", "status", "overrides", "seed", "error", "run_dir"]  # then teacher/distilled FID per step count
+
+
+def diffusion_sweep_row(job: int, seed: int, overrides: list[str], run_dir: Path, summary: Any = None,
+                        error: str = "") -> dict[str, Any]:
+    """One diffusion job: FID of the teacher's DDIM and of the distilled sampler at every step count."""
+    if summary is not None:
+        status, error = summary.status, error or summary.error or ""
+    else:
+        status = "failed"
+    row: dict[str, Any] = {"job": job, "status": status, "overrides": " ".join(overrides), "seed": seed, "error": error,
+                           "run_dir": str(run_dir)}
+    for step_row in summary.rows if summary is not None else []:
+        row[f"teacher_fid_{step_row.steps}"] = step_row.teacher_fid
+        row[f"distilled_fid_{step_row.steps}"] = step_row.distilled_fid
+    return row

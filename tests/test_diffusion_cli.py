@@ -133,3 +133,22 @@ def test_help_lists_the_presets_and_the_config(tmp_path):
     help_text = run_kdrun("diffusion", "--help", cwd=tmp_path).stdout
     assert "kdrun diffusion" in help_text and "diffusion/preset: cifar10, digits, mnist" in help_text
     assert "sampling_steps: 32" in help_text
+
+
+def test_a_sweep_writes_a_row_per_job_with_every_step_counts_fids(tmp_path):
+    """`kdrun diffusion -m`: sweep.csv / sweep.jsonl as `kdrun train -m` writes them, with FID columns per step count."""
+    import csv
+
+    sweep = tmp_path / "sweep"
+    result = run_kdrun("diffusion", "-m", *TINY, "teacher.sampling_steps=2,4", f"hydra.sweep.dir='{sweep}'",
+                       f"cache_dir={tmp_path / 'cache'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader((sweep / "sweep.csv").open()))
+    assert [row["job"] for row in rows] == ["0", "1"] and {row["status"] for row in rows} == {"completed"}
+    assert "teacher_fid_4" in rows[0] and rows[0]["teacher_fid_4"] == ""  # job 0 starts at 2 steps
+    for row in rows:
+        summary = read_summary(Path(row["run_dir"]))
+        for step_row in summary["rows"]:
+            for sampler in ("teacher", "distilled"):
+                value = step_row[f"{sampler}_fid"]
+                assert row[f"{sampler}_fid_{step_row['steps']}"] == ("" if value is None else str(value))

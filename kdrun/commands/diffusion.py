@@ -41,7 +41,7 @@ def main(arguments: list[str]) -> None:
 def task(cfg: Any) -> float:
     """The Hydra task: one run in its own directory. Returns the last row's distilled FID (NaN = failed)."""
     from kdrun.commands.train import current_job
-    from kdrun.sweep_files import note_failure
+    from kdrun.sweep_files import DIFFUSION_COLUMNS, append_sweep_row, diffusion_sweep_row, note_failure
 
     job = current_job()
     try:
@@ -52,7 +52,11 @@ def task(cfg: Any) -> float:
         line = f"job {job.run_dir.name} failed: {error.one_line()}"
         sys.stderr.write("kdrun: error: " + line + "\n")
         note_failure(line)
+        append_sweep_row(job.sweep_dir, diffusion_sweep_row(job.number, cfg.seed, job.overrides, job.run_dir, error=error.one_line()),
+                         DIFFUSION_COLUMNS)
         return float("nan")
+    if job.multirun:
+        append_sweep_row(job.sweep_dir, diffusion_sweep_row(job.number, cfg.seed, job.overrides, job.run_dir, summary), DIFFUSION_COLUMNS)
     last = summary.rows[-1].distilled_fid if summary.rows else None
     return float("nan") if last is None else float(last)
 
