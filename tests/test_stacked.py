@@ -134,6 +134,16 @@ def test_hard_label_members_stack_exactly(setup):
         assert_same_run(data, solo_result, model, outcome, "mlp")
 
 
+def test_dkd_members_with_their_own_beta_and_temperature_stack_exactly(setup):
+    """DKD with its warm-up (2 epochs: weights 1/2... per epoch as mdistiller) and per-member T, beta, dkd_alpha."""
+    members = [("dkd", 4.0, 0.5, {"beta": 8.0, "warmup_epochs": 2}), ("dkd", 2.0, 0.5, {"beta": 2.0, "warmup_epochs": 2}),
+               ("dkd", 4.0, 0.9, {"beta": 8.0, "dkd_alpha": 0.5, "warmup_epochs": 2})]
+    data, solo, stacked = solo_and_stacked(setup, "tiny_cnn", members, ADAM)
+    for (solo_result, model), outcome in zip(solo, stacked):
+        assert_same_run(data, solo_result, model, outcome, "tiny_cnn")
+    assert len({round(outcome.result.history[-1].loss["nckd"], 6) for outcome in stacked}) == len(members)
+
+
 def test_a_member_whose_loss_becomes_nan_fails_alone_with_the_solo_error(setup):
     members = [MEMBERS[0], NAN_MEMBER, MEMBERS[1]]
     data, solo, stacked = solo_and_stacked(setup, "mlp", members, ADAM)
@@ -174,12 +184,14 @@ def test_only_jobs_that_differ_in_the_distilled_loss_stack():
         ["alpha=0.1", "T=2"], ["alpha=0.9", "T=8"], ["+method.weights={ce: 0.3, kd: 0.7}"], ["method.schedule=linear"],  # 0-3: stack
         ["seed=1"], ["lr=0.01"], ["teacher.hidden=[64]"], ["student.hidden=[10]"], ["method=basic"],  # 4-8: a group each
         ["method=fitnets"], ["compress=[prune]"], ["method=basic", "T=9"],  # 9, 10 alone; 11 stacks with 8
+        ["method=dkd", "method.beta=2"], ["method=dkd", "method.dkd_alpha=0.5", "T=2"],  # 12, 13: DKD's own options stack
+        ["method=dkd", "method.warmup_epochs=0"],  # 14: another warm-up is not a term weight
     )]
     groups = {tuple(group.jobs): group.reason for group in plan_groups([*jobs, None], max_stack=64)}
-    assert set(groups) == {(0, 1, 2, 3), (4,), (5,), (6,), (7,), (8, 11), (9,), (10,), (12,)}
-    assert "fitnets is not a logit method" in groups[(9,)]
+    assert set(groups) == {(0, 1, 2, 3), (4,), (5,), (6,), (7,), (8, 11), (9,), (10,), (12, 13), (14,), (15,)}
+    assert "method fitnets does not stack" in groups[(9,)]
     assert "compression" in groups[(10,)]
-    assert "fails its checks" in groups[(12,)]
+    assert "fails its checks" in groups[(15,)] and "in method.warmup_epochs" in groups[(14,)]
     assert "differs from job #0 in seed" in groups[(4,)] and "in teacher.hidden" in groups[(6,)]
     assert "in lr, optimizer.lr" in groups[(5,)]  # lr is the teacher's learning rate too: another teacher
     split = plan_groups(jobs[:4], max_stack=3)

@@ -79,7 +79,7 @@ def job_settings(sweep_config: Any) -> Optional[Any]:
 
 
 def describe(groups: list, first: int) -> str:
-    """'#0-#8 (9 students); #9 alone (method fitnets is not a logit method ...)'."""
+    """'#0-#8 (9 students); #9 alone (method fitnets does not stack ...)'."""
     parts = []
     for group in groups:
         numbers = [first + index for index in group.jobs]

@@ -34,50 +34,55 @@ from kdrun.data.batches import Batch
 from kdrun.errors import ConfigError
 from kdrun.methods.base import FrozenTeacher, StepOutput
 from kdrun.methods.common import DistillationObjective
+from kdrun.methods.losses import cross_entropy, per_member
 from kdrun.methods.registry import METHODS
 
+Temperature = float | torch.Tensor  # a (K,) tensor for stacked members
 WARMUP_SHARE = 20 / 240  # mdistiller: DKD's terms reach full weight after 20 of its 240 epochs
 
 
-def binary_log_probs(logits: torch.Tensor, target_mask: torch.Tensor, temperature: float) -> torch.Tensor:
+def binary_log_probs(logits: torch.Tensor, target_mask: torch.Tensor, temperature: Temperature) -> torch.Tensor:
     """(B, 2): log p(target) and log p(any other class) at `temperature`, both in log space (logsumexp)."""
-    scaled = logits / temperature
-    total = torch.logsumexp(scaled, dim=1)
-    target = (scaled * target_mask).sum(dim=1)  # the target's logit
-    rest = scaled.masked_fill(target_mask, float("-inf")).logsumexp(dim=1)
-    return torch.stack([target - total, rest - total], dim=1)
+    scaled = logits / per_member(temperature)
+    total = torch.logsumexp(scaled, dim=-1)
+    target = (scaled * target_mask).sum(dim=-1)  # the target's logit
+    rest = scaled.masked_fill(target_mask, float("-inf")).logsumexp(dim=-1)
+    return torch.stack([target - total, rest - total], dim=-1)
 
 
-def binary_probs(logits: torch.Tensor, target_mask: torch.Tensor, temperature: float) -> torch.Tensor:
+def binary_probs(logits: torch.Tensor, target_mask: torch.Tensor, temperature: Temperature) -> torch.Tensor:
     """(B, 2): p(target) and p(any other class); the teacher's side (no gradient, a 0 is fine for kl_div)."""
-    probs = functional.softmax(logits / temperature, dim=1)
-    return torch.stack([(probs * target_mask).sum(dim=1), (probs * ~target_mask).sum(dim=1)], dim=1)
+    probs = functional.softmax(logits / per_member(temperature), dim=-1)
+    return torch.stack([(probs * target_mask).sum(dim=-1), (probs * ~target_mask).sum(dim=-1)], dim=-1)
 
 
-def non_target_logits(logits: torch.Tensor, target_mask: torch.Tensor, temperature: float) -> torch.Tensor:
+def non_target_logits(logits: torch.Tensor, target_mask: torch.Tensor, temperature: Temperature) -> torch.Tensor:
     """logits / T with the target class removed (-inf), so a softmax runs over the other classes only."""
-    return (logits / temperature).masked_fill(target_mask, float("-inf"))
+    return (logits / per_member(temperature)).masked_fill(target_mask, float("-inf"))
 
 
 def decoupled_kl(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, temperature: float
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, temperature: Temperature
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sample (TCKD, NCKD), each of shape (B,), at `temperature`, without the T^2 factor.
 
     The student's side is in log space (its gradient must survive); the teacher's enters as
     probabilities, as `kl_div` expects (an underflowed teacher probability contributes 0 log 0 = 0).
+    Stacked members (kdrun/methods/losses.py): (K, B, C) student logits and a (K,) temperature -> (K, B) each.
     """
-    target_mask = functional.one_hot(targets, student_logits.shape[1]).bool()  # (B, C)
+    target_mask = functional.one_hot(targets, student_logits.shape[-1]).bool()  # (B, C)
     tckd = functional.kl_div(binary_log_probs(student_logits, target_mask, temperature),
-                             binary_probs(teacher_logits, target_mask, temperature), reduction="none").sum(1)
-    student_rest = functional.log_softmax(non_target_logits(student_logits, target_mask, temperature), dim=1)
-    teacher_rest = functional.softmax(non_target_logits(teacher_logits, target_mask, temperature), dim=1)  # 0 at the target
-    nckd = functional.kl_div(student_rest.masked_fill(target_mask, 0.0), teacher_rest, reduction="none").sum(1)
+                             binary_probs(teacher_logits, target_mask, temperature), reduction="none").sum(-1)
+    student_rest = functional.log_softmax(non_target_logits(student_logits, target_mask, temperature), dim=-1)
+    teacher_rest = functional.softmax(non_target_logits(teacher_logits, target_mask, temperature), dim=-1)  # 0 at the target
+    nckd = functional.kl_div(student_rest.masked_fill(target_mask, 0.0), teacher_rest, reduction="none").sum(-1)
     return tckd, nckd
 
 
 @METHODS.register("dkd")
 class DecoupledKD(DistillationObjective):
+    stacks_members = True  # its losses take stacked members' logits (kdrun/methods/losses.py)
+
     def __init__(
         self, teacher: FrozenTeacher, temperature: float, alpha: float, dkd_alpha: float = 1.0, beta: float = 8.0,
         warmup_epochs: float | str = "auto", weights: dict[str, float] | None = None,
@@ -103,7 +108,7 @@ class DecoupledKD(DistillationObjective):
         logits = model(batch.inputs)
         tckd, nckd = decoupled_kl(logits, teacher_logits, batch.targets, self.temperature)
         scale = self.warmup * self.temperature**2
-        raw = {"ce": functional.cross_entropy(logits, batch.targets), "tckd": scale * tckd.mean(), "nckd": scale * nckd.mean()}
+        raw = {"ce": cross_entropy(logits, batch.targets), "tckd": scale * tckd.mean(dim=-1), "nckd": scale * nckd.mean(dim=-1)}
         return StepOutput(logits, self.weigh(raw))
 
     def describe(self) -> str:

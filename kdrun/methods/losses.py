@@ -44,8 +44,15 @@ def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def _members_soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
     """soft_target_kl per stacked member: (K, B, classes) student logits, a scalar or (K,) temperature -> (K,)."""
-    scale = temperature.reshape(-1, 1, 1) if temperature.dim() else temperature
+    scale = per_member(temperature)
     student_log_probs = functional.log_softmax(student_logits / scale, dim=-1)
     teacher_log_probs = functional.log_softmax(teacher_logits / scale, dim=-1)
     pointwise = teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)
     return pointwise.sum(dim=(-2, -1)) / student_logits.shape[-2]
+
+
+def per_member(temperature: float | torch.Tensor) -> float | torch.Tensor:
+    """The temperature shaped to divide (B, classes) or (K, B, classes) logits: a (K,) one becomes (K, 1, 1)."""
+    if isinstance(temperature, torch.Tensor) and temperature.dim() == 1:
+        return temperature.reshape(-1, 1, 1)
+    return temperature

@@ -19,7 +19,9 @@ from typing import Optional, Sequence
 from kdrun import parallel
 from kdrun.training.settings import RunSettings
 
-STACKED_METHODS = ("weighted", "basic", "hard")  # logit methods: per member only T and the term weights differ
+# logit methods whose losses take stacked members (`stacks_members`), with the options of theirs that may
+# differ per member (they enter only the term weights: DKD's tckd = alpha * dkd_alpha, nckd = alpha * beta)
+STACKED_METHODS: dict[str, tuple[str, ...]] = {"weighted": (), "basic": (), "hard": (), "dkd": ("method.dkd_alpha", "method.beta")}
 STUDENT_KEYS = ("alpha", "T", "method.weights", "method.schedule")  # the latter two: a member's term weights and T schedule
 
 
@@ -31,15 +33,16 @@ class Group:
     reason: Optional[str] = None  # set for groups of one
 
 
-def stackable_key(key: str) -> bool:
-    """A flat config key (`method.weights.kd`) that stacked members may differ in."""
-    return key in STUDENT_KEYS or key.startswith(tuple(f"{name}." for name in STUDENT_KEYS))
+def stackable_key(key: str, method: str = "") -> bool:
+    """A flat config key (`method.weights.kd`) that stacked members of `method` may differ in."""
+    keys = (*STUDENT_KEYS, *STACKED_METHODS.get(method, ()))
+    return key in keys or key.startswith(tuple(f"{name}." for name in keys))
 
 
 def why_alone(settings: RunSettings) -> Optional[str]:
     """Why this job cannot be stacked with any other, or None when it can."""
     if settings.method_name not in STACKED_METHODS:
-        return f"method {settings.method_name} is not a logit method ({', '.join(STACKED_METHODS)} stack)"
+        return f"method {settings.method_name} does not stack (only {', '.join(STACKED_METHODS)} do)"
     if settings.compression.stages:
         return "compression stages fine-tune the distilled student"
     if settings.trainer.compile:
@@ -55,7 +58,7 @@ def why_alone(settings: RunSettings) -> Optional[str]:
 
 def shared_part(settings: RunSettings) -> str:
     """The config without the allow-listed keys: jobs with the same shared part can stack."""
-    shared = {key: value for key, value in settings.recorded_config.items() if not stackable_key(key)}
+    shared = {key: value for key, value in settings.recorded_config.items() if not stackable_key(key, settings.method_name)}
     return json.dumps(shared, sort_keys=True, default=str)
 
 
@@ -98,7 +101,7 @@ def differing_keys(jobs: Sequence[Optional[RunSettings]], index: int, first: int
         if other is None or other_index == index or why_alone(other) is not None:
             continue
         keys = sorted(key for key in own.keys() | other.recorded_config.keys()
-                      if not stackable_key(key) and own.get(key) != other.recorded_config.get(key))
+                      if not stackable_key(key, jobs[index].method_name) and own.get(key) != other.recorded_config.get(key))
         if best is None or len(keys) < len(best[1]):
             best = other_index, keys
     return f" (differs from job #{first + best[0]} in {', '.join(best[1][:4])})" if best else ""
