@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from kdrun import parallel
-from kdrun.data.batches import InMemoryBatches
+from kdrun.data.batches import Batch, InMemoryBatches
 from kdrun.errors import RunError
 from kdrun.methods.base import Objective, check_teacher_isolated
 from kdrun.results import EpochRecord, PhaseResult
@@ -125,24 +125,68 @@ def _train_one_epoch(
     speed: SpeedSettings,
     scaler: torch.amp.GradScaler | None,
 ) -> EpochRecord:
-    """One pass over the training split; per-step values stay on the device and are reduced once at the end.
-
-    Keeping the step's detached loss terms and predictions (instead of adding them up step by step)
-    leaves one op per step for the metrics: on a small student the bookkeeping was a tenth of the step.
-    """
-    started = time.perf_counter()
+    """One pass over the training split for one model, as an EpochRecord (val_acc still NaN)."""
     model.train()
     objective.train()
+
+    def step(index: int, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        objective.begin_step(index, total_steps)
+        return objective(model, batch)
+
+    totals = run_epoch(step, optimizer, batches, first_step, speed, scaler, lambda: observer.step_done(phase))
+    term_sums, correct = _summed_over_ranks(batches, totals.term_sums, totals.correct)
+    samples = batches.num_samples
+    loss_means = {name: float(total) / samples for name, total in term_sums.items()}  # one sync per epoch
+    check_finite(phase, epoch, loss_means)
+    seconds = time.perf_counter() - totals.started
+    return EpochRecord(
+        phase=phase,
+        epoch=epoch,
+        loss=loss_means,
+        train_acc=float(correct) / samples,
+        val_acc=float("nan"),
+        lr=totals.lr,
+        T=objective.temperature,
+        samples_per_s=samples / seconds if seconds > 0 else float("inf"),
+        seconds=seconds,
+    )
+
+
+StepFunction = Callable[[int, Batch], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass
+class EpochTotals:
+    """What one pass over the training split summed up, still on the device."""
+
+    term_sums: dict[str, torch.Tensor]  # sample-weighted sum of every weighted term: () or (K,) per term
+    correct: torch.Tensor               # correct training predictions: () or (K,)
+    lr: float                           # the learning rate the epoch trained with
+    started: float                      # perf_counter at the epoch's start
+
+
+def run_epoch(step: StepFunction, optimizer: torch.optim.Optimizer, batches: InMemoryBatches, first_step: int,
+              speed: SpeedSettings, scaler: torch.amp.GradScaler | None, step_done: Callable[[], None]) -> EpochTotals:
+    """THE loop's pass over the training split: forward, backward and optimizer step per batch.
+
+    `step(index, batch)` gives the logits and weighted terms of one batch: one model's ((B, classes),
+    scalar terms) or K stacked students' ((K, B, classes), (K,) terms; kdrun/training/stacked/), whose
+    summed loss gives each member's parameters the gradient of that member's loss alone. Per-step values
+    stay on the device (detached terms and hits instead of running sums: on a small student the
+    bookkeeping was a tenth of the step) and are reduced once at the end.
+    """
+    started = time.perf_counter()
     step_terms: list[dict[str, torch.Tensor]] = []  # per step: the weighted terms, detached
     step_sizes: list[int] = []
     hits: list[torch.Tensor] = []  # per step: bool, prediction == target
     lr = optimizer.param_groups[0]["lr"]
     optimizer_step = FastStep(optimizer)
-    for step, batch in enumerate(batches, start=first_step):
-        objective.begin_step(step, total_steps)
+    for index, batch in enumerate(batches, start=first_step):
         with speed.autocast():
-            logits, terms = objective(model, batch)
+            logits, terms = step(index, batch)
         loss = functools.reduce(operator.add, terms.values())
+        if loss.dim():
+            loss = loss.sum()
         optimizer_step.clear_gradients()
         if scaler is None:
             loss.backward()
@@ -153,25 +197,10 @@ def _train_one_epoch(
             scaler.update()
         step_terms.append({name: value.detach() for name, value in terms.items()})
         step_sizes.append(len(batch.targets))
-        hits.append(logits.detach().argmax(dim=1) == batch.targets)
-        observer.step_done(phase)
+        hits.append(logits.detach().argmax(dim=-1) == batch.targets)
+        step_done()
     term_sums, correct = epoch_totals(step_terms, step_sizes, hits, batches.device)
-    term_sums, correct = _summed_over_ranks(batches, term_sums, correct)
-    samples = batches.num_samples
-    loss_means = {name: float(total) / samples for name, total in term_sums.items()}  # one sync per epoch
-    check_finite(phase, epoch, loss_means)
-    seconds = time.perf_counter() - started
-    return EpochRecord(
-        phase=phase,
-        epoch=epoch,
-        loss=loss_means,
-        train_acc=float(correct) / samples,
-        val_acc=float("nan"),
-        lr=lr,
-        T=objective.temperature,
-        samples_per_s=samples / seconds if seconds > 0 else float("inf"),
-        seconds=seconds,
-    )
+    return EpochTotals(term_sums, correct, lr, started)
 
 
 def check_finite(phase: str, epoch: int, loss_means: dict[str, float]) -> None:

@@ -1,4 +1,4 @@
-"""The distilled phase of K jobs at once: THE loop's epoch (kdrun/training/loop.py), one step for K students.
+"""The distilled phase of K jobs at once: THE loop's epoch (kdrun/training/loop.py run_epoch), one step for K students.
 
 Everything that is per job in a sequential run stays per job here: the loss (each member's own T and
 term weights), the optimizer state (one Adam/SGD over the stacked tensors is K independent ones, as
@@ -11,9 +11,7 @@ The members share the batch order, because a stack holds jobs of one seed (group
 
 from __future__ import annotations
 
-import functools
 import logging
-import operator
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -21,13 +19,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from kdrun.data.batches import InMemoryBatches
+from kdrun.data.batches import Batch, InMemoryBatches
 from kdrun.errors import RunError
 from kdrun.methods import Objective
 from kdrun.methods.base import check_teacher_isolated
 from kdrun.results import EpochRecord, PhaseResult
-from kdrun.training.loop import PhaseSettings, check_finite, epoch_totals
-from kdrun.training.speed import FastStep
+from kdrun.training.loop import PhaseSettings, check_finite, run_epoch
 from kdrun.training.stacked.students import StackedStudents
 
 log = logging.getLogger("kdrun")
@@ -70,6 +67,7 @@ def train_stacked(
     members = [_Member(objective) for objective in objectives]
     optimizer = settings.make_optimizer(stack.parameters())
     scheduler = settings.make_scheduler(optimizer) if settings.make_scheduler else None
+    scaler = settings.speed.gradient_scaler()
     if settings.epochs == 0:
         for member, correct in zip(members, stack.correct(val_batches).tolist()):
             member.best_val_acc = correct / max(val_batches.num_samples, 1)
@@ -78,7 +76,7 @@ def train_stacked(
     for epoch in range(1, settings.epochs + 1):
         for member in members:
             member.objective.begin_epoch(epoch, settings.epochs)
-        records = _stacked_epoch(phase, epoch, stack, members, optimizer, train_batches, settings)
+        records = _stacked_epoch(phase, epoch, stack, members, optimizer, train_batches, settings, scaler)
         val_correct = stack.correct(val_batches).tolist()
         if scheduler is not None:
             scheduler.step()
@@ -94,45 +92,34 @@ def train_stacked(
 
 
 def _stacked_epoch(phase: str, epoch: int, stack: StackedStudents, members: list[_Member], optimizer: torch.optim.Optimizer,
-                   batches: InMemoryBatches, settings: PhaseSettings) -> list[EpochRecord]:
-    """One pass over the shared batches for every member; the members' records (val_acc still NaN)."""
-    started = time.perf_counter()
+                   batches: InMemoryBatches, settings: PhaseSettings, scaler: torch.amp.GradScaler | None) -> list[EpochRecord]:
+    """One pass of THE loop's epoch (run_epoch) for every member; the members' records (val_acc still NaN)."""
     stack.train(True)
     template = members[0].objective  # computes every member's loss with the member's own values
     for member in members:
         member.objective.train()
     weights = {name: torch.tensor([m.objective.weights[name] for m in members], device=batches.device)
                for name in template.weights} if hasattr(template, "weights") else {}
-    step_terms: list[dict[str, torch.Tensor]] = []
-    step_sizes: list[int] = []
-    hits: list[torch.Tensor] = []
-    lr = optimizer.param_groups[0]["lr"]
-    optimizer_step = FastStep(optimizer)
-    first_step, total_steps = (epoch - 1) * len(batches), settings.epochs * len(batches)
-    temperatures, last = None, None
-    for step, batch in enumerate(batches, start=first_step):
+    total_steps = settings.epochs * len(batches)
+    temperatures: dict[tuple, torch.Tensor] = {}  # a schedule changes them; a constant T makes one tensor
+
+    def step(index: int, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         for member in members:
-            member.objective.begin_step(step, total_steps)
-        current = [member.objective.temperature for member in members]
-        if current != last:  # a schedule changed a temperature: a new tensor (constant T: made once)
-            temperatures, last = torch.tensor(current, device=batches.device), current
-        with settings.speed.autocast():
-            logits, terms = stack.losses(template, batch, temperatures, weights)
-        loss = functools.reduce(operator.add, terms.values())
-        optimizer_step.clear_gradients()
-        loss.sum().backward()  # member k's parameters get the gradient of member k's loss alone
-        optimizer_step.step()
-        step_terms.append({name: value.detach() for name, value in terms.items()})
-        step_sizes.append(len(batch.targets))
-        hits.append(logits.detach().argmax(dim=-1) == batch.targets)
-    term_sums, correct = epoch_totals(step_terms, step_sizes, hits, batches.device)
-    samples, seconds = batches.num_samples, time.perf_counter() - started
-    sums = {name: total.tolist() for name, total in term_sums.items()}  # one sync per epoch
-    correct_counts = correct.tolist()
+            member.objective.begin_step(index, total_steps)
+        current = tuple(member.objective.temperature for member in members)
+        if current not in temperatures:
+            temperatures.clear()
+            temperatures[current] = torch.tensor(current, device=batches.device)
+        return stack.losses(template, batch, temperatures[current], weights)
+
+    totals = run_epoch(step, optimizer, batches, (epoch - 1) * len(batches), settings.speed, scaler, lambda: None)
+    samples, seconds = batches.num_samples, time.perf_counter() - totals.started
+    sums = {name: total.tolist() for name, total in totals.term_sums.items()}  # one sync per epoch
+    correct_counts = totals.correct.tolist()
     records = []
     for index, member in enumerate(members):
         loss_means = {name: values[index] / samples for name, values in sums.items()}
-        record = EpochRecord(phase, epoch, loss_means, correct_counts[index] / samples, float("nan"), lr,
+        record = EpochRecord(phase, epoch, loss_means, correct_counts[index] / samples, float("nan"), totals.lr,
                              member.objective.temperature, samples / seconds if seconds > 0 else float("inf"), seconds)
         if member.error is None:
             try:
