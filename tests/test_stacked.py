@@ -286,5 +286,5 @@ def test_a_bad_stack_size_is_one_line_and_leaves_no_sweep_dir(tmp_path):
     result = run_kdrun("train", "-m", "T=1,2", "hydra/launcher=kdrun_stacked", "hydra.launcher.max_stack=0",
                        f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
-        "kdrun: error: hydra.launcher.max_stack=0 and min_stack=4 must be >= 1 (e.g. hydra.launcher.max_stack=64 hydra.launcher.min_stack=4)"]
+        "kdrun: error: hydra.launcher.max_stack=0 and min_stack=2 must be >= 1 (e.g. hydra.launcher.max_stack=64 hydra.launcher.min_stack=2)"]
     assert not sweep_dir.exists()

@@ -16,7 +16,7 @@ from hydra.core.utils import JobReturn
 class KdrunStackedLauncher(BasicLauncher):
     """The basic launcher (jobs one after another, in this process), with the stackable jobs planned first."""
 
-    def __init__(self, max_stack: int = 64, min_stack: int = 4) -> None:
+    def __init__(self, max_stack: int = 64, min_stack: int = 2) -> None:
         super().__init__()
         self.max_stack = int(max_stack)
         self.min_stack = int(min_stack)

@@ -35,7 +35,7 @@ def launch_stacked(launcher: Any, job_overrides: Sequence[Sequence[str]], initia
         if sweep_dir.is_dir() and {path.name for path in sweep_dir.iterdir()} <= {"multirun.yaml"}:
             shutil.rmtree(sweep_dir)  # bad input: leave nothing behind (Hydra's sweeper wrote multirun.yaml)
         raise ConfigError(f"hydra.launcher.max_stack={launcher.max_stack} and min_stack={launcher.min_stack} must be >= 1",
-                          "e.g. hydra.launcher.max_stack=64 hydra.launcher.min_stack=4")
+                          "e.g. hydra.launcher.max_stack=64 hydra.launcher.min_stack=2")
     setup_globals()
     config, context = launcher.config, launcher.hydra_context
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)

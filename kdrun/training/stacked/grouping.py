@@ -66,8 +66,8 @@ def plan_groups(jobs: Sequence[Optional[RunSettings]], max_stack: int, first: in
     """Groups of jobs (positions in `jobs`) in sweep order; None (a config that fails its checks) trains alone and fails there.
 
     `first` is the first job's number in the sweep, for the reasons' wording. Groups smaller than
-    `min_stack` train alone: a stack has a fixed cost per step (vmap, functional_call), so on a CPU a
-    stack of 2 or 3 tiny students is no faster than training them one by one (docs/stacked.md).
+    `min_stack` train alone (`hydra.launcher.min_stack`, default 2: a stack has a fixed cost per step,
+    and on a CPU two tiny students stacked already beat two solo runs, docs/stacked.md).
     """
     groups: dict[str, Group] = {}
     alone: list[Group] = []
