@@ -1,1 +1,1 @@
-"""Stacked students: a sweep's distilled students trained together in one vmapped pass (docs/stacked.md)."""
+"""Stacked students: a sweep's distilled students trained together in one pass (docs/stacked.md)."""
