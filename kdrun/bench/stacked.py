@@ -27,7 +27,8 @@ from typing import Any
 LAUNCHERS = {"sequential": ["hydra/launcher=basic"], "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
              "stacked": ["hydra/launcher=kdrun_stacked"]}
 SWEEP = ["alpha=0.1,0.5,0.9", "T=2,4,8"]
-STUDENTS = {"mlp": [], "tiny_cnn": ["student=tiny_cnn", "~student.dropout", "~student.hidden"]}  # mnist_mlp's student; a small CNN (without the preset's MLP options) under the same teacher
+# mnist_mlp's student; a small CNN under the same teacher (without the preset's MLP options)
+STUDENTS = {"mlp": [], "tiny_cnn": ["student=tiny_cnn", "~student.dropout", "~student.hidden"]}
 
 
 def measure(workload: list[str], launchers: list[str], students: list[str]) -> list[dict[str, Any]]:
