@@ -36,6 +36,8 @@ def kdrun_env(extra_env: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a kdrun subprocess: this checkout first on the path, no inherited HYDRA_FULL_ERROR."""
     env = {key: value for key, value in os.environ.items() if key not in ("HYDRA_FULL_ERROR", "KDRUN_USER_HYDRA_FULL_ERROR")}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n 2: two runs at once, so one thread each, not two
+        env.setdefault("OMP_NUM_THREADS", "1")  # (oversubscribed cores spin-wait: docs/performance.md)
     env.update(extra_env or {})
     return env
 
