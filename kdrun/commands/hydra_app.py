@@ -128,7 +128,15 @@ def flags_first(arguments: Sequence[str]) -> list[str]:
         takes_value = token in FLAGS_WITH_VALUE or (token in ("--info", "-i") and tokens and tokens[0] in INFO_VALUES)
         if takes_value and tokens:
             flags.append(tokens.pop(0))
+    modes = sorted({MODE_FLAGS[flag] for flag in flags if flag in MODE_FLAGS})
+    if len(modes) > 1:  # Hydra's own check raises a bare ValueError: a traceback
+        raise ConfigError(f"{' and '.join(modes)} cannot be combined", "drop -m to print one job's config (--cfg job)")
     return flags + overrides
+
+
+# Hydra's mutually exclusive modes, by every spelling
+MODE_FLAGS = {"-m": "--multirun", "--multirun": "--multirun", "-c": "--cfg", "--cfg": "--cfg", "-i": "--info",
+              "--info": "--info", "-r": "--run", "--run": "--run", "--shell-completion": "--shell-completion", "-sc": "--shell-completion"}
 
 
 def wants_help(arguments: Sequence[str]) -> bool:
