@@ -39,6 +39,12 @@ def discard_if_empty(run_dir: Path) -> None:
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
+def discard_unstarted_sweep(sweep_dir: Path) -> None:
+    """Remove a sweep dir that holds only the multirun.yaml Hydra's sweeper just wrote (bad input: no trace)."""
+    if sweep_dir.is_dir() and {path.name for path in sweep_dir.iterdir()} <= {"multirun.yaml"}:
+        shutil.rmtree(sweep_dir, ignore_errors=True)
+
+
 def now() -> datetime.datetime:
     return datetime.datetime.now().astimezone()
 

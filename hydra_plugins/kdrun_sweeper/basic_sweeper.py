@@ -22,5 +22,15 @@ class KdrunBasicSweeper(BasicSweeper):
         super().setup(hydra_context=context, task_function=task_function, config=config)
 
     def validate_batch_is_legal(self, batch: Sequence[Sequence[str]]) -> None:
-        for overrides in batch:
-            self.hydra_context.config_loader.keep(self.config, overrides)
+        """Compose (and keep) every job; a job that cannot be composed ends the sweep before any job ran,
+        leaving no sweep dir behind when it held only the multirun.yaml the sweep just wrote."""
+        from pathlib import Path
+
+        from kdrun.run_dir import discard_unstarted_sweep
+
+        try:
+            for overrides in batch:
+                self.hydra_context.config_loader.keep(self.config, overrides)
+        except Exception:
+            discard_unstarted_sweep(Path(str(self.config.hydra.sweep.dir)))
+            raise

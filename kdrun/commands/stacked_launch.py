@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import copy
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from kdrun.errors import ConfigError, KdrunError
+from kdrun.run_dir import discard_unstarted_sweep
 
 log = logging.getLogger("kdrun.stacked")
 
@@ -31,9 +31,7 @@ def launch_stacked(launcher: Any, job_overrides: Sequence[Sequence[str]], initia
     from kdrun.training.stacked.plan import planned
 
     if launcher.max_stack < 1 or launcher.min_stack < 1:
-        sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
-        if sweep_dir.is_dir() and {path.name for path in sweep_dir.iterdir()} <= {"multirun.yaml"}:
-            shutil.rmtree(sweep_dir)  # bad input: leave nothing behind (Hydra's sweeper wrote multirun.yaml)
+        discard_unstarted_sweep(Path(str(launcher.config.hydra.sweep.dir)))  # bad input: leave nothing behind
         raise ConfigError(f"hydra.launcher.max_stack={launcher.max_stack} and min_stack={launcher.min_stack} must be >= 1",
                           "e.g. hydra.launcher.max_stack=64 hydra.launcher.min_stack=2")
     setup_globals()
