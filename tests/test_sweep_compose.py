@@ -10,7 +10,6 @@ from hydra.types import HydraContext
 from omegaconf import OmegaConf
 
 from conftest import TINY, run_kdrun
-from hydra_plugins.kdrun_sweeper.basic_sweeper import KdrunBasicSweeper
 from kdrun.commands.sweep_compose import ComposeOnce
 
 
@@ -27,7 +26,12 @@ class CountingLoader:
         return OmegaConf.create({"overrides": list(sweep_overrides), "call": self.calls})
 
 
-def sweeper_over(loader: CountingLoader, master) -> KdrunBasicSweeper:
+def sweeper_over(loader: CountingLoader, master):
+    from hydra.core.plugins import Plugins
+
+    Plugins.instance()  # Hydra's first plugin scan runs its core plugins' modules again: subclass the final BasicSweeper
+    from hydra_plugins.kdrun_sweeper.basic_sweeper import KdrunBasicSweeper
+
     sweeper = KdrunBasicSweeper(max_batch_size=None, params=None)
     sweeper.hydra_context, sweeper.config = HydraContext(config_loader=ComposeOnce(loader), callbacks=None), master
     return sweeper
