@@ -33,16 +33,20 @@ def ensure_fresh(run_dir: Path, resume: bool) -> None:
 
 def discard_if_empty(run_dir: Path) -> None:
     """Remove a run dir that holds only what Hydra and this process just put there (bad input: no trace)."""
-    leftovers = {path.name for path in run_dir.iterdir()} if run_dir.is_dir() else set()
-    if leftovers <= SCAFFOLDING:
-        logging.shutdown()
+    if holds_only(run_dir, SCAFFOLDING):
+        logging.shutdown()  # train.log's handler lets go of the file
         shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def discard_unstarted_sweep(sweep_dir: Path) -> None:
     """Remove a sweep dir that holds only the multirun.yaml Hydra's sweeper just wrote (bad input: no trace)."""
-    if sweep_dir.is_dir() and {path.name for path in sweep_dir.iterdir()} <= {"multirun.yaml"}:
+    if holds_only(sweep_dir, {"multirun.yaml"}):
         shutil.rmtree(sweep_dir, ignore_errors=True)
+
+
+def holds_only(folder: Path, names: set[str]) -> bool:
+    """True when every entry of the folder (if it exists) is one of `names`: nothing a user made is inside."""
+    return not folder.is_dir() or {path.name for path in folder.iterdir()} <= names
 
 
 def now() -> datetime.datetime:

@@ -2,11 +2,11 @@
 
 Hydra's basic sweeper composes every job's config to validate the batch before launching it (so a bad
 override fails before any job runs), then the launcher composes every job again to run it. A compose of
-kdrun's config takes 0.2-0.4 s on 2 CPU cores (docs/stacked.md), so a 9-job sweep spent 2-4 s composing
-configs it had already composed. kdrun's sweeper (hydra/sweeper=kdrun_basic, the default) validates
-through `ComposeOnce.keep`, and the launcher's request for the same job gets that config, each once. Behaviour is unchanged: the same
-configs, the same early errors; launchers that compose in other processes (joblib, submitit) get a loader
-without the kept configs (pickling drops them) and compose as before.
+kdrun's config takes about 0.2 s on 2 CPU cores (docs/stacked.md), paid twice per job. kdrun's sweeper
+(hydra/sweeper=kdrun_basic, the default) validates through `ComposeOnce.keep`, and the launcher's request
+for the same job gets that config, each once. Behaviour is unchanged: the same configs, the same early
+errors; launchers that compose in other processes (joblib, submitit) get a loader without the kept
+configs (pickling drops them) and compose as before.
 """
 
 from __future__ import annotations
